@@ -158,6 +158,9 @@ class FeatureCache:
     def skipped(self, split: str) -> list[str]:
         return list(_decode_attr(self._split(split).attrs.get("skipped", "[]")))
 
+    def shape(self, split: str, layer: str) -> tuple[int, ...]:
+        return tuple(self._dataset(split, layer).shape)
+
     def layer_attrs(self, split: str, layer: str) -> dict[str, Any]:
         ds = self._dataset(split, layer)
         return {k: _decode_attr(v) for k, v in ds.attrs.items()}
@@ -279,9 +282,9 @@ class CacheWriter:
         skipped: Sequence[str] = (),
     ) -> None:
         """Atomically store rows that begin at source index ``start``."""
-        if set(features) != set(self.layers):
-            raise ValueError(f"shard layers {sorted(features)} != writer layers {sorted(self.layers)}")
         n = len(labels)
+        if n and set(features) != set(self.layers):
+            raise ValueError(f"shard layers {sorted(features)} != writer layers {sorted(self.layers)}")
         if len(ids) != n or any(len(a) != n for a in features.values()):
             raise ValueError("labels, ids and every layer must have the same number of rows")
         arrays = {f"layer/{k}": np.asarray(v).astype(self.dtype, copy=False) for k, v in features.items()}
@@ -364,15 +367,16 @@ class CacheWriter:
             for layer in old.layers(split):
                 if layer not in self.layers:
                     old._file.copy(old._file[split]["features"][layer], feats, name=layer)
+        filled = [s for s in shards if len(s["labels"])]
         for layer, attrs in self.layers.items():
-            first = shards[0][f"layer/{layer}"]
+            first = filled[0][f"layer/{layer}"]
             shape = (n, *first.shape[1:])
             chunk_rows = max(1, min(n, (1 << 20) // max(1, first[0].nbytes)))
             ds = feats.create_dataset(
                 layer, shape=shape, dtype=self.dtype, chunks=(chunk_rows, *first.shape[1:])
             )
             row = 0
-            for shard in shards:
+            for shard in filled:
                 block = shard[f"layer/{layer}"]
                 ds[row : row + len(block)] = block
                 row += len(block)

@@ -1,0 +1,95 @@
+# Two stages: `make extract` (frozen CNN -> HDF5 feature cache), `make classify` (heads on the cache).
+# The first target you run creates .venv and installs the project into it.
+
+PYTHON    ?= python3
+VENV      ?= .venv
+BIN       := $(VENV)/bin
+STAMP     := $(VENV)/.installed
+DATA_DIR  ?= data
+
+# stage one
+DATASET   ?= digits
+BACKBONE  ?= efficientnet_lite0
+LAYERS    ?= pool
+POOL      ?= avg
+CROPS     ?= 1
+RES       ?=
+DTYPE     ?= float16
+BATCH     ?= 32
+DEVICE    ?= auto
+LIMIT     ?=
+SKIP_BAD  ?=
+FORCE     ?=
+
+# stage two
+MODEL     ?= svm
+LAYER     ?= pool
+C         ?=
+TRAIN_SIZE?=
+SHOTS     ?=
+HIDDEN    ?=
+DROPOUT   ?=
+DIM       ?=
+TRANSFORM ?=
+SEED      ?= 0
+CACHE     ?=
+
+opt = $(if $(strip $(2)),$(1) $(2))
+flag = $(if $(filter 1 yes true,$(2)),$(1))
+
+EXTRACT_ARGS = --dataset $(DATASET) --backbone $(BACKBONE) --layers $(LAYERS) --pool $(POOL) \
+	--crops $(CROPS) --dtype $(DTYPE) --batch-size $(BATCH) --device $(DEVICE) \
+	--data-dir $(DATA_DIR) $(call opt,--res,$(RES)) $(call opt,--limit,$(LIMIT)) \
+	$(call flag,--skip-bad,$(SKIP_BAD)) $(call flag,--force,$(FORCE))
+
+CLASSIFY_ARGS = --dataset $(DATASET) --model $(MODEL) --layer $(LAYER) --seed $(SEED) \
+	--data-dir $(DATA_DIR) $(call opt,--C,$(C)) $(call opt,--train-size,$(TRAIN_SIZE)) \
+	$(call opt,--shots,$(SHOTS)) $(call opt,--hidden,$(HIDDEN)) $(call opt,--dropout,$(DROPOUT)) \
+	$(call opt,--dim,$(DIM)) $(call opt,--transform,$(TRANSFORM)) $(call opt,--cache,$(CACHE))
+
+.PHONY: install demo extract layers list classify results tsne test lint bench-extract bench-classify clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+demo: $(STAMP)  ## offline: extract the bundled digits with the embedded default backbone, then fit a linear SVM
+	$(MAKE) --no-print-directory extract DATASET=digits
+	$(MAKE) --no-print-directory classify DATASET=digits MODEL=svm
+
+extract: $(STAMP)
+	$(BIN)/python -m extract run $(EXTRACT_ARGS)
+
+layers: $(STAMP)
+	$(BIN)/python -m extract layers --backbone $(BACKBONE) $(call opt,--res,$(RES))
+
+list: $(STAMP)
+	$(BIN)/python -m extract list
+
+classify: $(STAMP)
+	$(BIN)/python -m classify fit $(CLASSIFY_ARGS)
+
+results: $(STAMP)
+	$(BIN)/python -m classify results --data-dir $(DATA_DIR) $(if $(filter command line,$(origin DATASET)),--dataset $(DATASET))
+
+tsne: $(STAMP)
+	$(BIN)/python -m classify tsne --dataset $(DATASET) --layer $(LAYER) --data-dir $(DATA_DIR) $(call opt,--cache,$(CACHE))
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+bench-extract: $(STAMP)
+	$(BIN)/python benchmarks/bench_extract.py
+
+bench-classify: $(STAMP)
+	$(BIN)/python benchmarks/bench_classify.py $(call opt,--cache,$(CACHE))
+
+clean:
+	rm -rf $(VENV) build *.egg-info
