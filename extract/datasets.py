@@ -119,9 +119,12 @@ def _split_once(
     counts = np.bincount(labels)
     if counts[counts > 0].min() < 2:
         raise UsageError("every class needs at least 2 images to split into train and test")
-    train, test = train_test_split(
-        np.arange(len(ids)), test_size=test_fraction, stratify=labels, random_state=seed
-    )
+    try:
+        train, test = train_test_split(
+            np.arange(len(ids)), test_size=test_fraction, stratify=labels, random_state=seed
+        )
+    except ValueError as exc:
+        raise UsageError(f"cannot split {len(ids)} images with test fraction {test_fraction}: {exc}") from None
     whole = Split(ids, labels, load)
     splits = {"train": whole.subset(np.sort(train)), "test": whole.subset(np.sort(test))}
     return splits, f"stratified test={test_fraction} seed={seed}"
