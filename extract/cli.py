@@ -33,65 +33,129 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m extract", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = sub.add_parser("run", help="extract features into an HDF5 cache (resumes if interrupted)")
-    run.add_argument("--dataset", default=DEFAULTS["dataset"],
-                     help=f"registered name ({', '.join(DATASETS)}) or an ImageFolder directory "
-                     "(train/ and test/ subfolders are taken as splits) [%(default)s]")
-    run.add_argument("--backbone", default=DEFAULTS["backbone"],
-                     help="registered backbone (see `list`) or any torchvision model name "
-                     "[%(default)s]")
-    run.add_argument("--layers", type=_csv, default=DEFAULTS["layers"],
-                     help="comma-separated layer aliases or raw fx node names (see `layers`) "
-                     "[pool]")
-    run.add_argument("--pool", default=DEFAULTS["pool"],
-                     help=f"reduce spatial taps: {', '.join(POOLS)} [%(default)s]")
-    run.add_argument("--res", dest="resolution", type=int, default=None,
-                     help="input resolution in pixels [the backbone's input size]")
-    run.add_argument("--crops", default=DEFAULTS["crops"],
-                     help="views per image: 1 (full image) or 10 (4 corners + centre, mirrored); "
-                     "'test:10' for the test split only [%(default)s]")
-    run.add_argument("--dtype", default=DEFAULTS["dtype"],
-                     help=f"stored feature type: {', '.join(DTYPES)} [%(default)s]")
-    run.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"],
-                     help="images per forward pass [%(default)s]")
-    run.add_argument("--workers", type=int, default=None,
-                     help="image-decoding worker processes [1 on CPU, up to 8 on GPU]")
-    run.add_argument("--device", default=DEFAULTS["device"],
-                     help=f"{', '.join(DEVICES)} [%(default)s]")
-    run.add_argument("--data-dir", type=Path, default=DEFAULTS["data_dir"],
-                     help="where caches and downloads go, and where existing dataset copies are "
-                     "looked for [%(default)s]")
-    run.add_argument("--skip-bad", action="store_true",
-                     help="skip unreadable images and record them in the cache")
-    run.add_argument("--force", action="store_true",
-                     help="allow --pool none on taps above the flatten size limit")
-    run.add_argument("--test-fraction", type=float, default=DEFAULTS["test_fraction"],
-                     help="test share when a folder has no train/test split [%(default)s]")
-    run.add_argument("--seed", type=int, default=DEFAULTS["seed"],
-                     help="seed of the stratified split and of --limit subsets [%(default)s]")
-    run.add_argument("--limit", type=int, default=None,
-                     help="stratified subset of at most N images per split (tests, benchmarks)")
+    run.add_argument(
+        "--dataset",
+        default=DEFAULTS["dataset"],
+        help=f"registered name ({', '.join(DATASETS)}) or an ImageFolder directory "
+        "(train/ and test/ subfolders are taken as splits) [%(default)s]",
+    )
+    run.add_argument(
+        "--backbone",
+        default=DEFAULTS["backbone"],
+        help="registered backbone (see `list`) or any torchvision model name [%(default)s]",
+    )
+    run.add_argument(
+        "--layers",
+        type=_csv,
+        default=DEFAULTS["layers"],
+        help="comma-separated layer aliases or raw fx node names (see `layers`) [pool]",
+    )
+    run.add_argument(
+        "--pool",
+        default=DEFAULTS["pool"],
+        help=f"reduce spatial taps: {', '.join(POOLS)} [%(default)s]",
+    )
+    run.add_argument(
+        "--res",
+        dest="resolution",
+        type=int,
+        default=None,
+        help="input resolution in pixels [the backbone's input size]",
+    )
+    run.add_argument(
+        "--crops",
+        default=DEFAULTS["crops"],
+        help="views per image: 1 (full image) or 10 (4 corners + centre, mirrored); "
+        "'test:10' for the test split only [%(default)s]",
+    )
+    run.add_argument(
+        "--dtype",
+        default=DEFAULTS["dtype"],
+        help=f"stored feature type: {', '.join(DTYPES)} [%(default)s]",
+    )
+    run.add_argument(
+        "--batch-size",
+        type=int,
+        default=DEFAULTS["batch_size"],
+        help="images per forward pass [%(default)s]",
+    )
+    run.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="image-decoding worker processes [1 on CPU, up to 8 on GPU]",
+    )
+    run.add_argument(
+        "--device", default=DEFAULTS["device"], help=f"{', '.join(DEVICES)} [%(default)s]"
+    )
+    run.add_argument(
+        "--data-dir",
+        type=Path,
+        default=DEFAULTS["data_dir"],
+        help="where caches and downloads go, and where existing dataset copies are "
+        "looked for [%(default)s]",
+    )
+    run.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="skip unreadable images and record them in the cache",
+    )
+    run.add_argument(
+        "--force",
+        action="store_true",
+        help="allow --pool none on taps above the flatten size limit",
+    )
+    run.add_argument(
+        "--test-fraction",
+        type=float,
+        default=DEFAULTS["test_fraction"],
+        help="test share when a folder has no train/test split [%(default)s]",
+    )
+    run.add_argument(
+        "--seed",
+        type=int,
+        default=DEFAULTS["seed"],
+        help="seed of the stratified split and of --limit subsets [%(default)s]",
+    )
+    run.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="stratified subset of at most N images per split (tests, benchmarks)",
+    )
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     layers = sub.add_parser("layers", help="list a backbone's layer taps with their shapes")
     layers.add_argument("--backbone", default=DEFAULTS["backbone"], help="[%(default)s]")
-    layers.add_argument("--res", dest="resolution", type=int, default=None,
-                        help="input resolution for the shapes [the backbone's input size]")
+    layers.add_argument(
+        "--res",
+        dest="resolution",
+        type=int,
+        default=None,
+        help="input resolution for the shapes [the backbone's input size]",
+    )
     sub.add_parser("list", help="list registered backbones and datasets")
     return parser
 
 
 def _run(args: argparse.Namespace) -> None:
-    options = {f.name: getattr(args, f.name) for f in fields(ExtractConfig) if hasattr(args, f.name)}
+    options = {
+        f.name: getattr(args, f.name) for f in fields(ExtractConfig) if hasattr(args, f.name)
+    }
     result = run_extraction(ExtractConfig(**options), progress=not args.quiet)
     with FeatureCache(result.path) as cache:
         shapes = ", ".join(
-            f"{s}/{layer} {cache.shape(s, layer)}" for s in cache.splits for layer in cache.layers(s)
+            f"{s}/{layer} {cache.shape(s, layer)}"
+            for s in cache.splits
+            for layer in cache.layers(s)
         )
     if result.cached:
         print(f"cache hit ({result.seconds:.1f} s, no model loaded): {result.path}\n  {shapes}")
     else:
         rate = result.images / max(result.seconds, 1e-9)
-        print(f"wrote {result.path}: {result.images} images in {result.seconds:.1f} s "
-              f"({rate:.1f} img/s)\n  {shapes}")
+        print(
+            f"wrote {result.path}: {result.images} images in {result.seconds:.1f} s "
+            f"({rate:.1f} img/s)\n  {shapes}"
+        )
 
 
 def _layers(args: argparse.Namespace) -> None:
@@ -117,13 +181,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"extract: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("extract: interrupted; finished shards are kept; re-run the same command to resume",
-              file=sys.stderr)
+        print(
+            "extract: interrupted; finished shards are kept; re-run the same command to resume",
+            file=sys.stderr,
+        )
         return 130
     except OSError as exc:
         if exc.errno != errno.ENOSPC:
             raise
-        print(f"extract: error: disk full ({exc.filename or exc}); free space and re-run to "
-              "resume", file=sys.stderr)
+        print(
+            f"extract: error: disk full ({exc.filename or exc}); free space and re-run to resume",
+            file=sys.stderr,
+        )
         return 1
     return 0

@@ -82,11 +82,19 @@ class ImageDataset:
         """A stratified, seeded subset of at most ``limit`` items per split (tests, benchmarks)."""
         if limit is None:
             return self
-        splits = {k: s.subset(_stratified_rows(s.labels, limit, seed)) for k, s in self.splits.items()}
+        splits = {
+            k: s.subset(_stratified_rows(s.labels, limit, seed)) for k, s in self.splits.items()
+        }
         fp = hashlib.sha256(f"{self.fingerprint}|limit={limit}|seed={seed}".encode()).hexdigest()
         return ImageDataset(
-            self.name, self.source, fp, self.class_names, f"{self.split_rule}; limit={limit}",
-            splits, self.native_size, {**self.extra, "limit": str(limit)},
+            self.name,
+            self.source,
+            fp,
+            self.class_names,
+            f"{self.split_rule}; limit={limit}",
+            splits,
+            self.native_size,
+            {**self.extra, "limit": str(limit)},
         )
 
 
@@ -109,8 +117,11 @@ def _hash_arrays(*arrays: np.ndarray) -> str:
 
 
 def _split_once(
-    ids: list[str], labels: np.ndarray, load: Callable[[int], Image.Image],
-    test_fraction: float, seed: int,
+    ids: list[str],
+    labels: np.ndarray,
+    load: Callable[[int], Image.Image],
+    test_fraction: float,
+    seed: int,
 ) -> tuple[dict[str, Split], str]:
     from sklearn.model_selection import train_test_split
 
@@ -124,7 +135,9 @@ def _split_once(
             np.arange(len(ids)), test_size=test_fraction, stratify=labels, random_state=seed
         )
     except ValueError as exc:
-        raise UsageError(f"cannot split {len(ids)} images with test fraction {test_fraction}: {exc}") from None
+        raise UsageError(
+            f"cannot split {len(ids)} images with test fraction {test_fraction}: {exc}"
+        ) from None
     whole = Split(ids, labels, load)
     splits = {"train": whole.subset(np.sort(train)), "test": whole.subset(np.sort(test))}
     return splits, f"stratified test={test_fraction} seed={seed}"
@@ -139,8 +152,13 @@ def _digits(data_dir: Path, test_fraction: float, seed: int) -> ImageDataset:
     ids = [f"digits/{i:04d}" for i in range(len(labels))]
     splits, rule = _split_once(ids, labels, ArrayImages(images), test_fraction, seed)
     return ImageDataset(
-        "digits", "sklearn.datasets.load_digits", _hash_arrays(images, labels),
-        [str(c) for c in bunch.target_names], rule, splits, native_size=8,
+        "digits",
+        "sklearn.datasets.load_digits",
+        _hash_arrays(images, labels),
+        [str(c) for c in bunch.target_names],
+        rule,
+        splits,
+        native_size=8,
     )
 
 
@@ -160,8 +178,13 @@ def _torchvision(cls_name: str, native: int) -> Callable[[Path, float, int], Ima
             classes = [str(c) for c in ds.classes]
         fp = hashlib.sha256("".join(hashes).encode()).hexdigest()
         return ImageDataset(
-            cls_name.lower(), f"torchvision.datasets.{cls_name}", fp, classes or [],
-            "official", splits, native_size=native,
+            cls_name.lower(),
+            f"torchvision.datasets.{cls_name}",
+            fp,
+            classes or [],
+            "official",
+            splits,
+            native_size=native,
         )
 
     return build
@@ -209,7 +232,9 @@ def _folder(path: Path, test_fraction: float, seed: int) -> ImageDataset:
     has_splits = (path / "train").is_dir() and (path / "test").is_dir()
     classes = _list_classes(path / "train" if has_splits else path)
     if not classes:
-        raise UsageError(f"no class folders in {path} (expected <class>/<image> or train/ and test/)")
+        raise UsageError(
+            f"no class folders in {path} (expected <class>/<image> or train/ and test/)"
+        )
     fp = hashlib.sha256()
     splits: dict[str, Split] = {}
     for split in ("train", "test") if has_splits else ("all",):
@@ -218,7 +243,7 @@ def _folder(path: Path, test_fraction: float, seed: int) -> ImageDataset:
         if not paths:
             raise UsageError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {folder}")
         ids = [str(p.relative_to(path)) for p in paths]
-        for p, i in zip(paths, ids):
+        for p, i in zip(paths, ids, strict=True):
             fp.update(f"{i}|{p.stat().st_size}\n".encode())
         splits[split] = Split(ids, labels, FileImages(paths))
     rule = "official"

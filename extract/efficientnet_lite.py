@@ -55,7 +55,7 @@ def map_state_dict(
     if len(source) != len(target):
         raise ValueError(f"weights have {len(source)} tensors, the model {len(target)}")
     out = {}
-    for (src_key, tensor), (dst_key, ref) in zip(source.items(), target.items()):
+    for (src_key, tensor), (dst_key, ref) in zip(source.items(), target.items(), strict=True):
         if tensor.shape != ref.shape:
             raise ValueError(
                 f"weight {src_key} {tuple(tensor.shape)} does not fit {dst_key} {tuple(ref.shape)}"

@@ -49,7 +49,7 @@ class _Items(Dataset):
         row = int(self.rows[k])
         try:
             return row, self.make_views(self.split.load(row)), ""
-        except Exception as exc:  # noqa: BLE001 - reported with the file's name by the caller
+        except Exception as exc:
             return row, None, f"{type(exc).__name__}: {exc}"
 
 
@@ -67,11 +67,20 @@ def plan_cache(cfg: ExtractConfig) -> tuple[ImageDataset, BackboneSpec, CacheKey
         cfg.dataset, cfg.data_dir, test_fraction=cfg.test_fraction, seed=cfg.seed
     ).limited(cfg.limit, cfg.seed)
     views = cfg.views_per_split(dataset.splits)
-    tag = "v" + "-".join(f"{s}{views[s]}" for s in sorted(views)) if len(set(views.values())) > 1 \
+    tag = (
+        "v" + "-".join(f"{s}{views[s]}" for s in sorted(views))
+        if len(set(views.values())) > 1
         else f"v{next(iter(views.values()))}"
+    )
     key = CacheKey(
-        dataset=dataset.name, source=dataset.fingerprint, backbone=spec.name, weights=spec.weights,
-        resolution=cfg.resolution or spec.input_size, views=tag, pool=cfg.pool, dtype=cfg.dtype,
+        dataset=dataset.name,
+        source=dataset.fingerprint,
+        backbone=spec.name,
+        weights=spec.weights,
+        resolution=cfg.resolution or spec.input_size,
+        views=tag,
+        pool=cfg.pool,
+        dtype=cfg.dtype,
         split_rule=dataset.split_rule,
     )
     return dataset, spec, key, views
@@ -88,7 +97,9 @@ def _device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("device 'cuda' requested but no CUDA device is available; valid: cpu, auto")
+        raise UsageError(
+            "device 'cuda' requested but no CUDA device is available; valid: cpu, auto"
+        )
     return torch.device(name)
 
 
@@ -103,7 +114,7 @@ def _versions() -> dict[str, str]:
 
 
 def run_extraction(cfg: ExtractConfig, *, progress: bool = True) -> ExtractResult:
-    """Extract ``cfg.layers`` for every split, resuming any interrupted run; a hit costs no model."""
+    """Extract every split, resuming an interrupted run; a cache hit loads no model."""
     start = time.perf_counter()
     dataset, spec, key, views = plan_cache(cfg)
     path = key.path(cfg.data_dir)
@@ -114,16 +125,30 @@ def run_extraction(cfg: ExtractConfig, *, progress: bool = True) -> ExtractResul
         return ExtractResult(path, True, 0, time.perf_counter() - start)
     device = _device(cfg.device)
     model, spec = load_backbone(spec.name)
-    extractor = make_feature_extractor(model, spec, todo).to(device, memory_format=torch.channels_last)
+    extractor = make_feature_extractor(model, spec, todo).to(
+        device, memory_format=torch.channels_last
+    )
     meta = {
-        "dataset": dataset.name, "dataset_source": dataset.source,
-        "dataset_fingerprint": dataset.fingerprint, "split_rule": dataset.split_rule,
-        "class_names": dataset.class_names, "backbone": spec.name, "weights": spec.weights,
+        "dataset": dataset.name,
+        "dataset_source": dataset.source,
+        "dataset_fingerprint": dataset.fingerprint,
+        "split_rule": dataset.split_rule,
+        "class_names": dataset.class_names,
+        "backbone": spec.name,
+        "weights": spec.weights,
         "weights_sha256": backbone_sha256(spec) or "random-init",
-        "resolution": key.resolution, "interpolation": spec.interpolation,
-        "crop_pct": spec.crop_pct, "mean": list(spec.mean), "std": list(spec.std),
-        "views": views, "pool": cfg.pool, "dtype": cfg.dtype, "device": device.type,
-        "versions": _versions(), "command": " ".join(sys.argv), "fingerprint": key.digest(),
+        "resolution": key.resolution,
+        "interpolation": spec.interpolation,
+        "crop_pct": spec.crop_pct,
+        "mean": list(spec.mean),
+        "std": list(spec.std),
+        "views": views,
+        "pool": cfg.pool,
+        "dtype": cfg.dtype,
+        "device": device.type,
+        "versions": _versions(),
+        "command": " ".join(sys.argv),
+        "fingerprint": key.digest(),
         **{f"dataset_{k}": v for k, v in dataset.extra.items()},
     }
     layer_attrs = {name: {"node": node, "pool": cfg.pool} for name, node in todo.items()}
@@ -146,11 +171,19 @@ class _Runner:
     """Batches -> device -> extractor -> pooled numpy shards, one split at a time."""
 
     def __init__(
-        self, extractor: torch.nn.Module, spec: BackboneSpec, resolution: int,
-        cfg: ExtractConfig, device: torch.device,
+        self,
+        extractor: torch.nn.Module,
+        spec: BackboneSpec,
+        resolution: int,
+        cfg: ExtractConfig,
+        device: torch.device,
     ) -> None:
         self.extractor, self.spec, self.res, self.cfg, self.device = (
-            extractor, spec, resolution, cfg, device
+            extractor,
+            spec,
+            resolution,
+            cfg,
+            device,
         )
         self.images = 0
 
@@ -162,14 +195,24 @@ class _Runner:
         if workers is None:
             workers = min(8, torch.get_num_threads()) if on_gpu else 1
         return DataLoader(
-            _Items(split, rows, make), batch_size=self.cfg.batch_size, shuffle=False,
-            num_workers=workers, collate_fn=_collate, pin_memory=on_gpu,
-            persistent_workers=False, prefetch_factor=4 if workers else None,
+            _Items(split, rows, make),
+            batch_size=self.cfg.batch_size,
+            shuffle=False,
+            num_workers=workers,
+            collate_fn=_collate,
+            pin_memory=on_gpu,
+            persistent_workers=False,
+            prefetch_factor=4 if workers else None,
         )
 
     def run_split(
-        self, writer: CacheWriter, name: str, split: Split, views: int,
-        native: int | None, bar: tqdm,
+        self,
+        writer: CacheWriter,
+        name: str,
+        split: Split,
+        views: int,
+        native: int | None,
+        bar: tqdm,
     ) -> None:
         shard = self.cfg.batch_size * SHARD_BATCHES
         done = writer.done_shards(name)
@@ -205,7 +248,8 @@ class _Runner:
         rows = [r for keep, _, _ in parts for r in keep]
         layers = {k for _, f, _ in parts for k in f}
         writer.write_shard(
-            name, start,
+            name,
+            start,
             labels=split.labels[rows] if rows else np.zeros(0, np.int64),
             ids=[split.ids[r] for r in rows],
             features={k: np.concatenate([f[k] for _, f, _ in parts if k in f]) for k in layers},
@@ -218,7 +262,9 @@ class _Runner:
         x = x.to(self.device, non_blocking=True).flatten(0, 1)
         if x.shape[-1] != self.res:
             x = F.interpolate(
-                x.float(), size=(self.res, self.res), mode=self.spec.interpolation,
+                x.float(),
+                size=(self.res, self.res),
+                mode=self.spec.interpolation,
                 align_corners=False,
             ).clamp_(0, 255)
         x = normalize(x, self.spec.mean, self.spec.std).contiguous(
@@ -226,8 +272,10 @@ class _Runner:
         )
         with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
             out = self.extractor(x)
-        return {k: self._reduce(k, t.float()).view(b, v, -1).squeeze(1).cpu().numpy()
-                for k, t in out.items()}
+        return {
+            k: self._reduce(k, t.float()).view(b, v, -1).squeeze(1).cpu().numpy()
+            for k, t in out.items()
+        }
 
     def _reduce(self, name: str, t: torch.Tensor) -> torch.Tensor:
         if t.ndim == 4 and self.cfg.pool != "none":

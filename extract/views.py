@@ -1,4 +1,4 @@
-"""Test-time views: one full-image resize, or Hertel et al.'s ten crops (4 corners + centre, mirrored).
+"""Test-time views: the full image resized, or ten crops (4 corners + centre, each mirrored).
 
 Views are made as uint8 tensors (cheap to batch, pin and copy); normalisation to the
 backbone's mean/std happens on the device in :func:`normalize`.
@@ -13,8 +13,16 @@ import torch
 from PIL import Image
 
 TEN_CROP_NAMES = (
-    "top_left", "top_right", "bottom_left", "bottom_right", "centre",
-    "top_left_flip", "top_right_flip", "bottom_left_flip", "bottom_right_flip", "centre_flip",
+    "top_left",
+    "top_right",
+    "bottom_left",
+    "bottom_right",
+    "centre",
+    "top_left_flip",
+    "top_right_flip",
+    "bottom_left_flip",
+    "bottom_right_flip",
+    "centre_flip",
 )
 VIEW_NAMES = {1: ("full",), 10: TEN_CROP_NAMES}
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}

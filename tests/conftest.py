@@ -26,8 +26,10 @@ def write_image_folder(root, classes=("cat", "dog", "eel"), per_class=6, size=20
 @pytest.fixture
 def image_folder(tmp_path):
     """Factory: ``image_folder(**kw)`` writes a folder under tmp_path and returns its path."""
+
     def make(name="imgs", **kw):
         return write_image_folder(tmp_path / name, **kw)
+
     return make
 
 

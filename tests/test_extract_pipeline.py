@@ -1,6 +1,5 @@
 """Stage one end to end on tiny generated images with the embedded default backbone."""
 
-import os
 import signal
 import subprocess
 import sys
@@ -60,8 +59,9 @@ def test_new_layer_is_added_and_other_settings_get_their_own_file(image_folder, 
 
 
 def test_ten_views_are_stored_per_view(image_folder, tmp_path):
-    res = pipeline.run_extraction(_cfg(image_folder(per_class=4), tmp_path, crops="test:10"),
-                                  progress=False)
+    res = pipeline.run_extraction(
+        _cfg(image_folder(per_class=4), tmp_path, crops="test:10"), progress=False
+    )
     with FeatureCache(res.path) as cache:
         assert cache.shape("test", "pool")[1:] == (10, 1280)
         assert cache.shape("train", "pool")[1:] == (1280,)
@@ -71,10 +71,11 @@ def test_ten_views_are_stored_per_view(image_folder, tmp_path):
 def test_unreadable_image_is_named_or_skipped(image_folder, tmp_path):
     folder = image_folder(per_class=4)
     (folder / "dog" / "broken.jpg").write_bytes(b"not a jpeg")
-    with pytest.raises(UsageError, match="broken.jpg.*SKIP_BAD"):
+    with pytest.raises(UsageError, match=r"broken\.jpg.*SKIP_BAD"):
         pipeline.run_extraction(_cfg(folder, tmp_path, test_fraction=0.5), progress=False)
-    res = pipeline.run_extraction(_cfg(folder, tmp_path, test_fraction=0.5, skip_bad=True),
-                                  progress=False)
+    res = pipeline.run_extraction(
+        _cfg(folder, tmp_path, test_fraction=0.5, skip_bad=True), progress=False
+    )
     with FeatureCache(res.path) as cache:
         skipped = cache.skipped("train") + cache.skipped("test")
         assert skipped == ["dog/broken.jpg"]
@@ -82,9 +83,18 @@ def test_unreadable_image_is_named_or_skipped(image_folder, tmp_path):
 
 
 def test_flatten_above_limit_is_refused(image_folder, tmp_path):
-    with pytest.raises(UsageError, match="flattens to .* POOL=avg"):
-        pipeline.run_extraction(_cfg(image_folder(per_class=4), tmp_path, layers=("stem",),
-                                     pool="none", resolution=128, test_fraction=0.5), progress=False)
+    with pytest.raises(UsageError, match=r"flattens to .* POOL=avg"):
+        pipeline.run_extraction(
+            _cfg(
+                image_folder(per_class=4),
+                tmp_path,
+                layers=("stem",),
+                pool="none",
+                resolution=128,
+                test_fraction=0.5,
+            ),
+            progress=False,
+        )
 
 
 def test_second_writer_is_refused(image_folder, tmp_path):
@@ -98,14 +108,30 @@ def test_second_writer_is_refused(image_folder, tmp_path):
 
 
 def _cli(args, **kw):
-    return subprocess.Popen([sys.executable, "-m", "extract", *args], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "extract", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
 
 
 def test_kill_9_then_resume_equals_an_uninterrupted_run(image_folder, tmp_path):
     folder = image_folder(per_class=40, size=32)
-    args = ["run", "--dataset", str(folder), "--res", "96", "--batch-size", "2",
-            "--workers", "0", "--quiet"]
+    args = [
+        "run",
+        "--dataset",
+        str(folder),
+        "--res",
+        "96",
+        "--batch-size",
+        "2",
+        "--workers",
+        "0",
+        "--quiet",
+    ]
     killed = tmp_path / "killed"
     proc = _cli([*args, "--data-dir", str(killed)])
     deadline = time.time() + 120
@@ -143,7 +169,7 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(image_folder, tmp_path):
 )
 def test_bad_input_is_one_line_and_exit_2(args, needle, tmp_path):
     proc = _cli([*args, "--data-dir", str(tmp_path)])
-    out, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=120)
     assert proc.returncode == 2
     assert needle in err and err.count("\n") == 1 and "Traceback" not in err
 
@@ -151,16 +177,37 @@ def test_bad_input_is_one_line_and_exit_2(args, needle, tmp_path):
 def test_help_documents_every_option():
     proc = _cli(["run", "--help"])
     out, _ = proc.communicate(timeout=60)
-    for option in ["--dataset", "--backbone", "--layers", "--pool", "--res", "--crops", "--dtype",
-                   "--batch-size", "--workers", "--device", "--data-dir", "--skip-bad", "--force",
-                   "--test-fraction", "--seed", "--limit", "--quiet"]:
+    for option in [
+        "--dataset",
+        "--backbone",
+        "--layers",
+        "--pool",
+        "--res",
+        "--crops",
+        "--dtype",
+        "--batch-size",
+        "--workers",
+        "--device",
+        "--data-dir",
+        "--skip-bad",
+        "--force",
+        "--test-fraction",
+        "--seed",
+        "--limit",
+        "--quiet",
+    ]:
         assert option in out
 
 
 @pytest.mark.slow
 def test_real_ucmerced_subset(shared_data, tmp_path):
-    cfg = ExtractConfig(dataset=str(shared_data / "ucmerced-jpg"), data_dir=tmp_path, limit=42,
-                        resolution=128, workers=1)
+    cfg = ExtractConfig(
+        dataset=str(shared_data / "ucmerced-jpg"),
+        data_dir=tmp_path,
+        limit=42,
+        resolution=128,
+        workers=1,
+    )
     res = pipeline.run_extraction(cfg, progress=False)
     with FeatureCache(res.path) as cache:
         assert len(cache.class_names) == 21
