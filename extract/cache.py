@@ -304,10 +304,11 @@ class CacheWriter:
             os.fsync(fh.fileno())
         os.replace(tmp, target)
 
-    def _shards(self, split: str) -> Iterator[dict[str, np.ndarray]]:
+    def _read(self, split: str, keys: Sequence[str]) -> Iterator[dict[str, np.ndarray]]:
+        """Only ``keys`` of each shard, in row order, one shard in memory at a time."""
         for start in sorted(self.done_shards(split)):
             with np.load(self._shard_path(split, start)) as z:
-                yield {k: z[k] for k in z.files}
+                yield {k: z[k] for k in keys}
 
     def finalize(self, plans: Mapping[str, SplitPlan]) -> Path:
         """Assemble shards (plus any finished file's other layers) into the final file."""
@@ -350,18 +351,17 @@ class CacheWriter:
     def _write_split(
         self, out: h5py.File, split: str, plan: SplitPlan, old: FeatureCache | None
     ) -> None:
-        shards = list(self._shards(split))
-        n = sum(len(s["labels"]) for s in shards)
+        index = list(self._read(split, ("labels", "ids", "skipped")))
         group = out.create_group(split)
-        labels = np.concatenate([s["labels"] for s in shards]) if shards else np.zeros(0, np.int64)
-        ids = np.concatenate([s["ids"] for s in shards]) if shards else np.zeros(0, str)
-        skipped = [str(x) for s in shards for x in s["skipped"]]
+        labels = np.concatenate([s["labels"] for s in index]) if index else np.zeros(0, np.int64)
+        ids = np.concatenate([s["ids"] for s in index]) if index else np.zeros(0, str)
+        skipped = [str(x) for s in index for x in s["skipped"]]
+        n = len(labels)
         if n == 0:
             raise CacheError(f"split {split!r} has no rows to write")
-        covered = sum(len(s["labels"]) for s in shards) + len(skipped)
-        if covered != plan.n_source:
+        if n + len(skipped) != plan.n_source:
             raise CacheError(
-                f"split {split!r}: shards cover {covered} of {plan.n_source} items; "
+                f"split {split!r}: shards cover {n + len(skipped)} of {plan.n_source} items; "
                 "re-run the extraction to finish it"
             )
         group.create_dataset("labels", data=labels)
@@ -375,21 +375,24 @@ class CacheWriter:
             for layer in old.layers(split):
                 if layer not in self.layers:
                     old._file.copy(old._file[split]["features"][layer], feats, name=layer)
-        filled = [s for s in shards if len(s["labels"])]
         for layer, attrs in self.layers.items():
-            first = filled[0][f"layer/{layer}"]
-            shape = (n, *first.shape[1:])
-            chunk_rows = max(1, min(n, (1 << 20) // max(1, first[0].nbytes)))
-            ds = feats.create_dataset(
-                layer, shape=shape, dtype=self.dtype, chunks=(chunk_rows, *first.shape[1:])
-            )
-            row = 0
-            for shard in filled:
-                block = shard[f"layer/{layer}"]
+            key = f"layer/{layer}"
+            ds, row = None, 0
+            for start, meta in zip(sorted(self.done_shards(split)), index, strict=True):
+                if not len(meta["labels"]):
+                    continue
+                with np.load(self._shard_path(split, start)) as z:
+                    block = z[key]
+                if ds is None:
+                    chunk_rows = max(1, min(n, (1 << 20) // max(1, block[0].nbytes)))
+                    ds = feats.create_dataset(
+                        layer, shape=(n, *block.shape[1:]), dtype=self.dtype,
+                        chunks=(chunk_rows, *block.shape[1:]),
+                    )
                 ds[row : row + len(block)] = block
                 row += len(block)
-            for key, value in attrs.items():
-                ds.attrs[key] = _json_attr(value)
+            for name, value in attrs.items():
+                ds.attrs[name] = _json_attr(value)
 
 
 def write_cache(
