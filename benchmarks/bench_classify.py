@@ -1,0 +1,156 @@
+"""Stage-two benchmark: load time, one fit per head, full sweeps, and scikit-learn's LinearSVC.
+
+    python benchmarks/bench_classify.py [CACHE] [--data-dir DIR] [--skip-sklearn]
+    python benchmarks/bench_classify.py --synthetic /tmp/bench   # 50,000 x 1,280 float16, made up
+
+Without CACHE it takes the newest cifar10 / cifar10-jpg cache of efficientnet_lite0 under
+``--data-dir``. Everything runs on the CPU; the numbers go to stdout as a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from classify.experiment import FitConfig, run_experiment
+from classify.features import Part, open_cache, read
+from classify.heads import build_head
+from classify.protocol import evaluate, refit
+from classify.transforms import Standardize
+from extract.cache import FeatureCache, find_caches, write_cache
+
+LAYER = "pool"
+FIXED = {"svm": {"C": 0.1}, "logreg": {"C": 0.1}, "mlp": {"weight_decay": 1e-4},
+         "knn": {"n_neighbors": 10}}
+
+
+def synthetic_cache(folder: Path, *, n_train: int = 50_000, n_test: int = 10_000,
+                    dim: int = 1280, classes: int = 10, seed: int = 0) -> Path:
+    """Correlated non-negative float16 features with class structure (about 86 % linear top-1)."""
+    rng = np.random.default_rng(seed)
+    rank = 256
+    mixing = rng.standard_normal((rank, dim)).astype(np.float32)
+    mixing *= (np.arange(1, rank + 1) ** -0.6).astype(np.float32)[:, None]
+    means = rng.standard_normal((classes, rank)).astype(np.float32) * 0.2
+    splits = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        y = rng.integers(0, classes, n)
+        X = np.empty((n, dim), dtype=np.float16)
+        for lo in range(0, n, 5000):
+            z = rng.standard_normal((min(5000, n - lo), rank)).astype(np.float32)
+            block = (z + means[y[lo : lo + len(z)]]) @ mixing
+            block += 0.3 * rng.standard_normal(block.shape).astype(np.float32)
+            X[lo : lo + len(z)] = np.maximum(block + 0.5, 0)
+        splits[split] = {"labels": y, "ids": [f"{split}/{i}" for i in range(n)],
+                         "features": {LAYER: X}}
+    meta = {"dataset": "cifar10-synthetic", "backbone": "synthetic", "weights": "none",
+            "resolution": 224, "pool": "avg", "split_rule": "official",
+            "class_names": [f"class{i}" for i in range(classes)]}
+    return write_cache(folder / "cache" / "cifar10-synthetic" / "synthetic.h5", meta=meta,
+                       splits=splits)
+
+
+def newest_cifar_cache(data_dir: Path) -> Path:
+    for dataset in ("cifar10", "cifar10-jpg"):
+        for path in find_caches(data_dir, dataset):
+            with FeatureCache(path) as cache:
+                if cache.meta.get("backbone") == "efficientnet_lite0" and LAYER in cache.layers():
+                    return path
+    raise SystemExit(f"no cifar10 efficientnet_lite0 cache under {data_dir}/cache; "
+                     "run: make extract DATASET=cifar10 (or pass a CACHE path or --synthetic)")
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("cache", nargs="?", type=Path)
+    default_data = Path(__file__).resolve().parents[1] / "data"
+    parser.add_argument("--data-dir", type=Path,
+                        default=Path(os.environ.get("DATA_DIR", default_data)))
+    parser.add_argument("--synthetic", type=Path, metavar="DIR",
+                        help="write a made-up 50,000 x 1,280 float16 cache in DIR and use it")
+    parser.add_argument("--skip-sklearn", action="store_true",
+                        help="leave out LinearSVC (it takes minutes)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    if args.synthetic:
+        start = time.perf_counter()
+        path = synthetic_cache(args.synthetic)
+        print(f"wrote synthetic cache {path} in {time.perf_counter() - start:.1f} s")
+    else:
+        path = args.cache or newest_cifar_cache(args.data_dir)
+    rows = []
+
+    with open_cache(path, [LAYER]) as cache:
+        parts = {s: [Part(s, np.arange(len(cache.labels(s))))] for s in ("train", "test")}
+        start = time.perf_counter()
+        train, test = read(cache, parts["train"], [LAYER]), read(cache, parts["test"], [LAYER])
+        load = time.perf_counter() - start
+        n_classes = len(cache.class_names)
+        print(f"cache {path}: train {train.X.shape}, test {test.X.shape}, "
+              f"{cache.meta.get('backbone')}")
+        rows.append(("load train+test (float16 -> float32)", load, None, ""))
+        del train, test
+        for head_name, params in FIXED.items():
+            head, _ = build_head(head_name, params, seed=0)
+            train = read(cache, parts["train"], [LAYER])
+            start = time.perf_counter()
+            model = refit(head, Standardize(), params, train)
+            fit = time.perf_counter() - start
+            del train
+            metrics = evaluate(model, read(cache, parts["test"], [LAYER]), n_classes)
+            iters = getattr(model[-1], "n_iter_", "")
+            rows.append((f"fit {head_name} {params}", fit, metrics["top1"],
+                         f"predict {metrics['predict_seconds']:.2f} s; iterations/epochs {iters}"))
+            del model
+    rss_ours = peak_rss_mib()
+
+    for head_name in ("svm", "logreg"):
+        with tempfile.TemporaryDirectory() as tmp:
+            _, m = run_experiment(FitConfig(data_dir=Path(tmp), cache=path, model=head_name))
+        rows.append((f"full sweep {head_name} ({len(m['grid'])} C values, 2 jobs) + refit + test",
+                     m["seconds"], m["top1"],
+                     f"select {m['select_seconds']:.1f} s, refit {m['fit_seconds']:.1f} s, "
+                     f"chose {m['params']}"))
+    rss_ours = max(rss_ours, peak_rss_mib())
+
+    if not args.skip_sklearn:
+        from sklearn.svm import LinearSVC
+
+        with open_cache(path, [LAYER]) as cache:
+            train = read(cache, [Part("train", np.arange(len(cache.labels("train"))))], [LAYER])
+            test = read(cache, [Part("test", np.arange(len(cache.labels("test"))))], [LAYER])
+        scaler = Standardize().fit(train.flat)
+        X, y = scaler.transform(train.flat, copy=False), train.y
+        start = time.perf_counter()
+        svc = LinearSVC(C=0.1).fit(X, y)
+        fit = time.perf_counter() - start
+        top1 = float(np.mean(svc.predict(scaler.transform(test.flat)) == test.y))
+        rows.append(("sklearn LinearSVC(C=0.1), same standardised features", fit, top1,
+                     f"liblinear, {svc.n_iter_} iterations"))
+
+    width = max(len(r[0]) for r in rows)
+    print(f"\n{'step'.ljust(width)}  {'seconds':>8}  {'top-1':>7}  notes")
+    for name, seconds, top1, note in rows:
+        acc = "" if top1 is None else f"{100 * top1:.2f}"
+        print(f"{name.ljust(width)}  {seconds:8.2f}  {acc:>7}  {note}")
+    print(f"\npeak RSS: {rss_ours:.0f} MiB for our heads and sweeps; "
+          f"{peak_rss_mib():.0f} MiB at the end (includes LinearSVC's float64 copy)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,274 @@
+"""One ``classify fit`` run: plan rows, choose, refit, test, and write the run directory."""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+
+from classify.errors import UsageError
+from classify.features import DEFAULT_LAYERS, Block, Part, open_cache, read, resolve_cache
+from classify.heads import DEFAULT_HEAD, HEADS, build_head
+from classify.plots import plot_confusion
+from classify.protocol import Selection, choose, evaluate, refit
+from classify.runs import METRICS, new_run_dir, write_json
+from classify.splits import per_class, stratified_split, stratified_subset
+from classify.transforms import DEFAULT_TRANSFORM, TRANSFORMS
+from extract.cache import FeatureCache
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_REPEATS_WITH_SHOTS = 5
+META_KEYS = ("dataset", "backbone", "weights", "resolution", "pool", "views", "split_rule",
+             "created", "source")
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Everything a ``fit`` run depends on; checked on construction."""
+
+    data_dir: Path
+    dataset: str | None = None
+    cache: Path | None = None
+    model: str = DEFAULT_HEAD
+    layers: tuple[str, ...] = DEFAULT_LAYERS
+    transform: str = DEFAULT_TRANSFORM
+    dim: int | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+    train_size: int | None = None
+    shots: int | None = None
+    repeats: int | None = None
+    resplit: float | None = None
+    val_size: float = 0.1
+    seed: int = 0
+    jobs: int = 2
+    command: str = ""
+
+    def __post_init__(self) -> None:
+        if self.model not in HEADS:
+            raise UsageError(f"unknown head {self.model!r}; valid: {', '.join(HEADS)}")
+        if self.transform not in TRANSFORMS:
+            raise UsageError(
+                f"unknown transform {self.transform!r}; valid: {', '.join(TRANSFORMS)}"
+            )
+        if not self.layers or len(set(self.layers)) != len(self.layers):
+            raise UsageError(f"LAYER={','.join(self.layers)!r}: give distinct layer names")
+        if self.dim is not None and self.transform != "pca":
+            raise UsageError(f"DIM={self.dim} applies only to TRANSFORM=pca")
+        for name, value in (("DIM", self.dim), ("TRAIN_SIZE", self.train_size),
+                            ("SHOTS", self.shots), ("REPEATS", self.repeats), ("JOBS", self.jobs)):
+            if value is not None and value < 1:
+                raise UsageError(f"{name}={value} must be a positive integer")
+        if self.train_size is not None and self.shots is not None:
+            raise UsageError("give TRAIN_SIZE or SHOTS, not both")
+        for name, value in (("VAL_SIZE", self.val_size), ("RESPLIT", self.resplit)):
+            if value is not None and not 0 < value < 1:
+                raise UsageError(f"{name}={value} must be a fraction in (0, 1)")
+
+    @property
+    def n_repeats(self) -> int:
+        if self.repeats is not None:
+            return self.repeats
+        return DEFAULT_REPEATS_WITH_SHOTS if self.shots else 1
+
+
+def _labels(cache: FeatureCache, parts: Sequence[Part]) -> np.ndarray:
+    return np.concatenate([cache.labels(p.split)[p.rows] for p in parts])
+
+
+def _take(parts: Sequence[Part], index: np.ndarray) -> list[Part]:
+    """The rows at sorted positions ``index`` of the concatenation of ``parts``."""
+    taken, offset = [], 0
+    for part in parts:
+        inside = index[(index >= offset) & (index < offset + len(part.rows))] - offset
+        if inside.size:
+            taken.append(Part(part.split, part.rows[inside]))
+        offset += len(part.rows)
+    return taken
+
+
+def plan_rows(cache: FeatureCache, config: FitConfig, seed: int) -> tuple[list[Part], list[Part]]:
+    """Training and test rows of one repeat: re-split, then subset the training side."""
+    train = [Part("train", np.arange(len(cache.labels("train"))))]
+    test = [Part("test", np.arange(len(cache.labels("test"))))]
+    if config.resplit is not None:
+        pool = train + test
+        kept, held = stratified_split(_labels(cache, pool), config.resplit, seed, what="test split")
+        train, test = _take(pool, kept), _take(pool, held)
+    if config.train_size is not None:
+        train = _take(train, stratified_subset(_labels(cache, train), config.train_size, seed))
+    if config.shots is not None:
+        train = _take(train, per_class(_labels(cache, train), config.shots, seed))
+    classes = np.unique(_labels(cache, train))
+    if len(classes) < 2:
+        raise UsageError(f"the training rows hold fewer than two classes ({classes.tolist()})")
+    return train, test
+
+
+def _read(
+    cache: FeatureCache, parts: Sequence[Part], layers: Sequence[str], clock: list[float]
+) -> Block:
+    start = time.perf_counter()
+    block = read(cache, parts, layers)
+    clock.append(time.perf_counter() - start)
+    logger.info("read %d x %d views x %d features in %.2f s", *block.X.shape, clock[-1])
+    return block
+
+
+def _check_cache(cache: FeatureCache, config: FitConfig) -> None:
+    if config.resplit is not None and cache.meta.get("split_rule") == "official":
+        raise UsageError(
+            f"RESPLIT={config.resplit}: {cache.meta.get('dataset')} has an official train/test "
+            "split; re-split only datasets stored with a seeded split"
+        )
+    if config.dim is not None:
+        width = read(cache, [Part("train", np.arange(1))], config.layers).X.shape[-1]
+        if config.dim > width:
+            raise UsageError(f"DIM={config.dim} exceeds the {width} features of {config.layers}")
+
+
+def _one_repeat(
+    cache: FeatureCache, config: FitConfig, seed: int, clock: list[float]
+) -> tuple[dict[str, Any], Any]:
+    head, grid = build_head(config.model, config.params, seed)
+    transform = TRANSFORMS[config.transform](config.dim)
+    train, test = plan_rows(cache, config, seed)
+    n_train = sum(len(p.rows) for p in train)
+    selection, n_val = Selection(), 0
+    if grid:
+        try:
+            fit_at, val_at = stratified_split(
+                _labels(cache, train), config.val_size, seed, what="validation split"
+            )
+        except UsageError as exc:
+            raise UsageError(f"{exc}; fix {', '.join(grid)} to skip the sweep") from None
+        n_val = len(val_at)
+        selection = choose(
+            head, transform, grid,
+            _read(cache, _take(train, fit_at), config.layers, clock),
+            _read(cache, _take(train, val_at), config.layers, clock),
+            n_jobs=config.jobs,
+        )
+    block = _read(cache, train, config.layers, clock)
+    start = time.perf_counter()
+    model = refit(head, transform, selection.params, block)
+    fit_seconds = time.perf_counter() - start
+    del block
+    result = evaluate(model, _read(cache, test, config.layers, clock), len(cache.class_names))
+    result.update(
+        seed=seed,
+        params={**config.params, **selection.params},
+        grid=selection.grid,
+        val_scores=selection.val_scores,
+        select_seconds=selection.seconds,
+        fit_seconds=fit_seconds,
+        n_train=n_train,
+        n_val=n_val,
+        head_params=model[-1].get_params(),
+    )
+    logger.info("seed %d: test top-1 %.4f", seed, result["top1"])
+    return result, model
+
+
+def _mean(results: Sequence[Mapping[str, Any]], key: str) -> float | None:
+    values = [r[key] for r in results if r.get(key) is not None]
+    return float(np.mean(values)) if values else None
+
+
+def run_experiment(config: FitConfig) -> tuple[Path, dict[str, Any]]:
+    """Run the protocol ``config.n_repeats`` times and write ``<data>/runs/<run-id>/``."""
+    start = time.perf_counter()
+    build_head(config.model, config.params, config.seed)
+    path = resolve_cache(config.data_dir, config.dataset, config.cache)
+    logger.info("cache %s", path)
+    clock: list[float] = []
+    with open_cache(path, config.layers) as cache:
+        _check_cache(cache, config)
+        results, model = [], None
+        for repeat in range(config.n_repeats):
+            result, fitted = _one_repeat(cache, config, config.seed + repeat, clock)
+            results.append(result)
+            if model is None:
+                model = fitted
+        meta = {k: cache.meta[k] for k in META_KEYS if k in cache.meta}
+        class_names = list(cache.class_names)
+        fingerprint = cache.fingerprint
+    confusion = np.sum([r["confusion"] for r in results], axis=0)
+    totals = confusion.sum(axis=1)
+    first = results[0]
+    dataset = str(meta.get("dataset", path.parent.name))
+    backbone = str(meta.get("backbone", "unknown"))
+    top1 = [r["top1"] for r in results]
+    metrics: dict[str, Any] = {
+        "dataset": dataset,
+        "backbone": backbone,
+        "layers": list(config.layers),
+        "head": config.model,
+        "transform": config.transform,
+        "dim": config.dim,
+        "params": first["params"],
+        "head_params": first["head_params"],
+        "grid": first["grid"],
+        "val_scores": first["val_scores"],
+        "top1": float(np.mean(top1)),
+        "top1_std": float(np.std(top1)),
+        "top5": _mean(results, "top5"),
+        "top1_centre": _mean(results, "top1_centre"),
+        "per_class": {
+            name: float(confusion[i, i] / totals[i]) if totals[i] else None
+            for i, name in enumerate(class_names)
+        },
+        "confusion": confusion.tolist(),
+        "class_names": class_names,
+        "n_train": first["n_train"],
+        "n_val": first["n_val"],
+        "n_test": first["n_test"],
+        "test_views": first["test_views"],
+        "train_size": config.train_size,
+        "shots": config.shots,
+        "resplit": config.resplit,
+        "val_size": config.val_size,
+        "seed": config.seed,
+        "repeats": config.n_repeats,
+        "per_repeat": [
+            {k: v for k, v in r.items() if k not in ("confusion", "head_params")}
+            for r in results
+        ],
+        "load_seconds": float(np.sum(clock)),
+        "select_seconds": _mean(results, "select_seconds"),
+        "fit_seconds": _mean(results, "fit_seconds"),
+        "predict_seconds": _mean(results, "predict_seconds"),
+        "cache": {"path": str(path.resolve()), "fingerprint": fingerprint, **meta},
+        "command": config.command or shlex.join([sys.executable, *sys.argv]),
+    }
+    layer = "+".join(config.layers)
+    run_dir = new_run_dir(config.data_dir, [dataset, backbone, layer, config.model])
+    metrics["run_id"] = run_dir.name
+    joblib.dump(model, run_dir / "model.joblib")
+    title = f"{dataset} {backbone} {layer} {config.model}: top-1 {metrics['top1']:.3f}"
+    plot_confusion(confusion, class_names, run_dir / "confusion.png", title)
+    metrics["seconds"] = time.perf_counter() - start
+    write_json(run_dir / METRICS, _jsonable(metrics))
+    logger.info("wrote %s", run_dir)
+    return run_dir, metrics
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+

@@ -1,0 +1,139 @@
+"""Finding a cache and reading rows of it as float32 ``(n, views, dim)`` blocks."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from classify.errors import UsageError
+from extract.cache import CacheError, FeatureCache, find_caches
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_DATASET = "digits"
+DEFAULT_LAYERS = ("pool",)
+CENTRE_VIEWS = ("full", "center", "centre")
+
+
+def _extract_hint(dataset: str, layers: Sequence[str] = ()) -> str:
+    extra = f" LAYERS={','.join(layers)}" if layers else ""
+    return f"make extract DATASET={dataset}{extra}"
+
+
+def resolve_dataset(data_dir: Path, dataset: str) -> str:
+    """The cache folder name for ``dataset``: exact, else the one folder it is a prefix of."""
+    base = Path(data_dir) / "cache"
+    names = sorted(p.parent.name for p in base.glob("*/*.h5"))
+    if dataset in names:
+        return dataset
+    matches = sorted({n for n in names if n.startswith(dataset)})
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise UsageError(
+            f"dataset {dataset!r} is ambiguous under {base}; choose one of: {', '.join(matches)}"
+        )
+    have = f" (caches exist for: {', '.join(sorted(set(names)))})" if names else ""
+    raise UsageError(
+        f"no feature cache for dataset {dataset!r} under {base}{have}; "
+        f"make it with: {_extract_hint(dataset)}"
+    )
+
+
+def resolve_cache(data_dir: Path, dataset: str | None, cache: Path | None) -> Path:
+    """An explicit cache path, or the newest finished cache of ``dataset``."""
+    if cache is not None:
+        if not Path(cache).is_file():
+            raise UsageError(f"no cache file at {cache}")
+        return Path(cache)
+    name = resolve_dataset(data_dir, dataset or DEFAULT_DATASET)
+    return find_caches(data_dir, name)[0]
+
+
+def open_cache(
+    path: Path, layers: Sequence[str], splits: Sequence[str] = ("train", "test")
+) -> FeatureCache:
+    """Open ``path`` and check that ``splits`` exist and hold ``layers``."""
+    cache = FeatureCache(path)
+    for split in splits:
+        if split not in cache.splits:
+            cache.close()
+            raise CacheError(f"{path} has no {split!r} split (has {cache.splits})")
+        missing = [layer for layer in layers if layer not in cache.layers(split)]
+        if missing:
+            valid = cache.layers(split)
+            dataset = cache.meta.get("dataset", path.parent.name)
+            cache.close()
+            raise UsageError(
+                f"layer {missing[0]!r} is not in {path.name} [{split}]; valid: "
+                f"{', '.join(valid)}; extract it with: {_extract_hint(dataset, layers)}"
+            )
+    return cache
+
+
+@dataclass(frozen=True)
+class Part:
+    """Some rows of one split of the cache."""
+
+    split: str
+    rows: np.ndarray
+
+
+@dataclass
+class Block:
+    """Features ``X`` float32 (n, views, dim) and labels ``y`` of some rows."""
+
+    X: np.ndarray
+    y: np.ndarray
+    view_names: list[str]
+
+    @property
+    def flat(self) -> np.ndarray:
+        """One row per view, (n * views, dim); a view of ``X``, not a copy."""
+        return self.X.reshape(-1, self.X.shape[-1])
+
+    @property
+    def flat_labels(self) -> np.ndarray:
+        return np.repeat(self.y, self.X.shape[1])
+
+    @property
+    def centre(self) -> int:
+        """Index of the centre (or only) view."""
+        for name in CENTRE_VIEWS:
+            if name in self.view_names:
+                return self.view_names.index(name)
+        return 0
+
+
+def _read_part(cache: FeatureCache, part: Part, layers: Sequence[str]) -> np.ndarray:
+    try:
+        X = cache.features(part.split, list(layers), rows=part.rows)
+    except (OSError, KeyError, ValueError, CacheError) as exc:
+        raise CacheError(f"{cache.path} is corrupt: reading {part.split!r} failed: {exc}") from None
+    return X if X.ndim == 3 else X[:, None, :]
+
+
+def read(cache: FeatureCache, parts: Sequence[Part], layers: Sequence[str]) -> Block:
+    """Features and labels of ``parts`` (rows in each part sorted), concatenated in order."""
+    views = {tuple(cache.view_names(p.split)) for p in parts}
+    if len(views) > 1:
+        raise UsageError(f"splits {[p.split for p in parts]} hold different views {sorted(views)}")
+    y = np.concatenate([cache.labels(p.split)[np.sort(p.rows)] for p in parts])
+    if len(parts) == 1:
+        X = _read_part(cache, parts[0], layers)
+    else:
+        first = _read_part(cache, parts[0], layers)
+        X = np.empty((len(y), *first.shape[1:]), dtype=np.float32)
+        X[: len(first)] = first
+        del first
+        lo = len(parts[0].rows)
+        for part in parts[1:]:
+            X[lo : lo + len(part.rows)] = _read_part(cache, part, layers)
+            lo += len(part.rows)
+    if not np.isfinite(np.sum(X, dtype=np.float64)):
+        raise CacheError(f"{cache.path} holds non-finite features in {[p.split for p in parts]}")
+    return Block(X, y, list(views.pop()))

@@ -1,0 +1,102 @@
+"""The head registry: one table, name -> constructor, swept grid and user-settable options."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator
+from sklearn.utils._param_validation import InvalidParameterError
+
+from classify.errors import UsageError
+from classify.knn import CosineKNN
+from classify.linear import LinearSVM, SoftmaxRegression
+from classify.mlp import MLPHead
+
+C_GRID = tuple(float(c) for c in np.logspace(-4, 1, 11))
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """A head: how to build it, what the protocol sweeps, what a user may fix."""
+
+    name: str
+    build: Callable[[], BaseEstimator]
+    grid: Mapping[str, tuple[Any, ...]]
+    options: tuple[str, ...]
+    summary: str
+
+
+_SPECS = (
+    HeadSpec(
+        "svm",
+        LinearSVM,
+        {"C": C_GRID},
+        ("C",),
+        "linear SVM, one-vs-rest, squared hinge, L2 (fast torch L-BFGS)",
+    ),
+    HeadSpec(
+        "logreg",
+        SoftmaxRegression,
+        {"C": C_GRID},
+        ("C",),
+        "multinomial logistic regression, L2 (fast torch L-BFGS)",
+    ),
+    HeadSpec(
+        "mlp",
+        MLPHead,
+        {"weight_decay": (1e-5, 1e-4, 1e-3)},
+        ("hidden", "dropout", "weight_decay"),
+        "MLP 512, dropout 0.5, Adam, cosine annealing, early stopping",
+    ),
+    HeadSpec(
+        "mlp-alexnet",
+        lambda: MLPHead(hidden=(4096, 4096), dropout=0.5, weight_decay=5e-4),
+        {},
+        ("hidden", "dropout", "weight_decay"),
+        "AlexNet-style head 4096-4096, dropout 0.5 (Hertel et al.); slow on CPU",
+    ),
+    HeadSpec(
+        "mlp-ucmerced",
+        lambda: MLPHead(hidden=(84, 63, 42), dropout=0.5, max_epochs=15, batch_size=32),
+        {"weight_decay": (1e-5, 1e-4, 1e-3)},
+        ("hidden", "dropout", "weight_decay"),
+        "84-63-42 chain, dropout, Adam, 15 epochs (Iorga & Neagoe, UC Merced)",
+    ),
+    HeadSpec(
+        "knn",
+        CosineKNN,
+        {"n_neighbors": (1, 3, 10, 30)},
+        ("n_neighbors",),
+        "k nearest neighbours by cosine similarity, majority vote",
+    ),
+)
+HEADS: Mapping[str, HeadSpec] = MappingProxyType({spec.name: spec for spec in _SPECS})
+DEFAULT_HEAD = "svm"
+
+
+def build_head(
+    name: str, fixed: Mapping[str, Any], seed: int
+) -> tuple[BaseEstimator, dict[str, tuple[Any, ...]]]:
+    """Head ``name`` with ``fixed`` hyperparameters set and checked, and the grid left to sweep."""
+    if name not in HEADS:
+        raise UsageError(f"unknown head {name!r}; valid: {', '.join(HEADS)}")
+    spec = HEADS[name]
+    foreign = sorted(set(fixed) - set(spec.options))
+    if foreign:
+        raise UsageError(
+            f"head {name!r} takes no {', '.join(foreign)}; it takes: {', '.join(spec.options)}"
+        )
+    head = spec.build()
+    if "random_state" in head.get_params():
+        head.set_params(random_state=seed)
+    head.set_params(**fixed)
+    try:
+        head._validate_params()
+    except InvalidParameterError as exc:
+        raise UsageError(str(exc)) from None
+    grid = {key: values for key, values in spec.grid.items() if key not in fixed}
+    return head, grid

@@ -1,0 +1,59 @@
+"""Cosine k-nearest-neighbour baseline: torch matmul and top-k over blocks of queries."""
+
+from __future__ import annotations
+
+from numbers import Integral
+from typing import ClassVar
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils._param_validation import Interval
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+QUERY_BLOCK = 1024
+
+
+class CosineKNN(ClassifierMixin, BaseEstimator):
+    """Majority vote of the ``n_neighbors`` training rows most cosine-similar to a query.
+
+    ``fit`` keeps a reference to ``X`` (no copy) and its row norms. ``predict_proba`` is the
+    fraction of neighbour votes per class; ``n_neighbors`` is capped at the training size.
+    """
+
+    _parameter_constraints: ClassVar[dict] = {
+        "n_neighbors": [Interval(Integral, 1, None, closed="left")]
+    }
+
+    def __init__(self, n_neighbors: int = 10) -> None:
+        self.n_neighbors = n_neighbors
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> CosineKNN:
+        self._validate_params()
+        X, y = validate_data(self, X, y, dtype=np.float32, order="C")
+        check_classification_targets(y)
+        self.classes_, codes = np.unique(y, return_inverse=True)
+        self.X_fit_ = X
+        self.codes_ = codes
+        self.inv_norms_ = 1.0 / np.maximum(np.linalg.norm(X, axis=1), 1e-12).astype(np.float32)
+        return self
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=np.float32, reset=False)
+        train = torch.from_numpy(self.X_fit_)
+        inv_norms = torch.from_numpy(self.inv_norms_)
+        codes = torch.from_numpy(self.codes_)
+        k = min(self.n_neighbors, len(train))
+        out = np.empty((len(X), len(self.classes_)), dtype=np.float32)
+        for lo in range(0, len(X), QUERY_BLOCK):
+            sims = (torch.from_numpy(X[lo : lo + QUERY_BLOCK]) @ train.T) * inv_norms
+            nearest = sims.topk(k, dim=1).indices
+            votes = torch.zeros(len(nearest), len(self.classes_))
+            votes.scatter_add_(1, codes[nearest], torch.full(nearest.shape, 1.0 / k))
+            out[lo : lo + len(nearest)] = votes.numpy()
+        return out
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return self.classes_[self.predict_proba(X).argmax(axis=1)]

@@ -1,0 +1,119 @@
+"""Feature transforms fitted on training rows only; they work blockwise on float32 in place.
+
+scikit-learn's ``StandardScaler`` builds a float64 temporary the size of its input while it
+fits, and ``PCA`` centres a copy; these versions keep memory at the input plus one block.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from numbers import Integral
+from types import MappingProxyType
+from typing import ClassVar
+
+import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.preprocessing import Normalizer
+from sklearn.utils._param_validation import Interval
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+BLOCK = 4096
+
+
+def _blocks(n: int) -> Iterator[slice]:
+    for lo in range(0, n, BLOCK):
+        yield slice(lo, min(lo + BLOCK, n))
+
+
+def _mean(X: np.ndarray) -> np.ndarray:
+    total = np.zeros(X.shape[1])
+    for rows in _blocks(len(X)):
+        total += X[rows].sum(axis=0, dtype=np.float64)
+    return total / len(X)
+
+
+class Standardize(TransformerMixin, BaseEstimator):
+    """Zero mean, unit variance per feature (constant features are only centred)."""
+
+    _parameter_constraints: ClassVar[dict] = {"copy": ["boolean"]}
+
+    def __init__(self, *, copy: bool = True) -> None:
+        self.copy = copy
+
+    def fit(self, X: np.ndarray, y: object = None) -> Standardize:
+        self._validate_params()
+        X = validate_data(self, X, dtype=np.float32)
+        mean = _mean(X)
+        sq = np.zeros(X.shape[1])
+        for rows in _blocks(len(X)):
+            sq += np.square(X[rows] - mean.astype(np.float32), dtype=np.float64).sum(axis=0)
+        std = np.sqrt(sq / len(X))
+        self.mean_ = mean.astype(np.float32)
+        self.scale_ = np.where(std > 1e-12, std, 1.0).astype(np.float32)
+        return self
+
+    def transform(self, X: np.ndarray, copy: bool | None = None) -> np.ndarray:
+        check_is_fitted(self)
+        copy = self.copy if copy is None else copy
+        X = validate_data(self, X, dtype=np.float32, reset=False, copy=copy)
+        for rows in _blocks(len(X)):
+            X[rows] -= self.mean_
+            X[rows] /= self.scale_
+        return X
+
+
+class PCAWhiten(TransformerMixin, BaseEstimator):
+    """Centre, project on the top ``n_components`` principal axes, scale each to unit variance."""
+
+    _parameter_constraints: ClassVar[dict] = {
+        "n_components": [Interval(Integral, 1, None, closed="left")]
+    }
+
+    def __init__(self, n_components: int = 256) -> None:
+        self.n_components = n_components
+
+    def fit(self, X: np.ndarray, y: object = None) -> PCAWhiten:
+        self._validate_params()
+        X = validate_data(self, X, dtype=np.float32)
+        limit = min(X.shape)
+        if self.n_components > limit:
+            raise ValueError(
+                f"PCA to DIM={self.n_components} needs at most min(n_samples, n_features)="
+                f"{limit} components"
+            )
+        mean = _mean(X)
+        cov = np.zeros((X.shape[1], X.shape[1]))
+        for rows in _blocks(len(X)):
+            centred = X[rows] - mean.astype(np.float32)
+            cov += centred.T @ centred
+        variances, axes = np.linalg.eigh(cov / len(X))
+        top = np.argsort(variances)[::-1][: self.n_components]
+        self.mean_ = mean.astype(np.float32)
+        self.explained_variance_ = variances[top]
+        self.components_ = axes[:, top].T.astype(np.float32)
+        scale = np.sqrt(np.maximum(variances[top], 1e-12 * variances.max()))
+        self.projection_ = (axes[:, top] / scale).astype(np.float32)
+        return self
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=np.float32, reset=False)
+        out = np.empty((len(X), self.n_components), dtype=np.float32)
+        for rows in _blocks(len(X)):
+            out[rows] = (X[rows] - self.mean_) @ self.projection_
+        return out
+
+
+TRANSFORMS: Mapping[str, Callable[[int | None], TransformerMixin]] = MappingProxyType({
+    "standardize": lambda dim: Standardize(),
+    "l2": lambda dim: Normalizer(),
+    "pca": lambda dim: PCAWhiten(dim or 256),
+})
+DEFAULT_TRANSFORM = "standardize"
+
+
+def transform_in_place(transform: TransformerMixin, X: np.ndarray) -> np.ndarray:
+    """``transform.transform(X)`` overwriting ``X`` where the output has its shape."""
+    if isinstance(transform, (Standardize, Normalizer)):
+        return transform.transform(X, copy=False)
+    return transform.transform(X)

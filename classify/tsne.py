@@ -1,0 +1,67 @@
+"""``classify tsne``: a 2-D t-SNE map of test features, coloured by class."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+from sklearn.decomposition import PCA
+from sklearn.manifold import TSNE
+
+from classify.errors import UsageError
+from classify.features import DEFAULT_LAYERS, Part, open_cache, read, resolve_cache
+from classify.plots import plot_map
+from classify.runs import slug
+from classify.splits import stratified_subset
+from classify.transforms import Standardize
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TsneConfig:
+    """Which cache and layers to map, how many test points, which seed."""
+
+    data_dir: Path
+    dataset: str | None = None
+    cache: Path | None = None
+    layers: tuple[str, ...] = DEFAULT_LAYERS
+    points: int = 2000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.points < 10:
+            raise UsageError(f"POINTS={self.points}: a map needs at least 10 points")
+
+
+def make_tsne(config: TsneConfig) -> Path:
+    """Embed a stratified sample of test features (centre view, standardised, PCA-50) in 2-D."""
+    path = resolve_cache(config.data_dir, config.dataset, config.cache)
+    with open_cache(path, config.layers, splits=("test",)) as cache:
+        labels = cache.labels("test")
+        rows = (
+            stratified_subset(labels, config.points, config.seed, what="POINTS")
+            if config.points < len(labels)
+            else np.arange(len(labels))
+        )
+        block = read(cache, [Part("test", rows)], config.layers)
+        names = list(cache.class_names)
+        dataset = str(cache.meta.get("dataset", path.parent.name))
+        backbone = str(cache.meta.get("backbone", "unknown"))
+    X = Standardize().fit_transform(np.ascontiguousarray(block.X[:, block.centre]))
+    X = PCA(min(50, *X.shape), random_state=config.seed).fit_transform(X)
+    perplexity = min(30.0, (len(X) - 1) / 3)
+    logger.info("t-SNE of %d points (perplexity %.0f)", len(X), perplexity)
+    points = TSNE(2, perplexity=perplexity, init="pca", random_state=config.seed).fit_transform(X)
+    out_dir = Path(config.data_dir) / "plots"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    layer = "+".join(config.layers)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    name = "-".join([stamp, slug(dataset), slug(backbone), slug(layer), "tsne"])
+    out = out_dir / f"{name}-{secrets.token_hex(2)}.png"
+    title = f"t-SNE of {dataset} test features ({backbone}, {layer}, {len(X)} points)"
+    return plot_map(points, block.y, names, out, title)

@@ -1,0 +1,212 @@
+"""The selection protocol, views, row plans, run folders and the results table."""
+
+from __future__ import annotations
+
+import json
+import tracemalloc
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pytest
+from test_classify_synthetic import blobs, write_synthetic
+
+from classify.errors import UsageError
+from classify.experiment import FitConfig, plan_rows, run_experiment
+from classify.features import Block
+from classify.linear import LinearSVM, SoftmaxRegression
+from classify.protocol import choose, class_scores, evaluate, refit
+from classify.runs import format_results, load_runs, new_run_dir
+from classify.transforms import Standardize
+from extract.cache import FeatureCache
+
+
+def _fit(tmp: Path, **kw) -> dict:
+    return run_experiment(FitConfig(data_dir=tmp, **kw))[1]
+
+
+def test_the_test_split_never_chooses(tmp_path: Path) -> None:
+    """Same training rows, wholly different test rows: the choice must not move."""
+    common = dict(n_train=300, classes=3, dim=16, spread=4.0)
+    a = write_synthetic(tmp_path / "a", **common)
+    noise = np.random.default_rng(5).standard_normal((150, 16)).astype(np.float32) * 50
+    labels = np.random.default_rng(6).permutation(np.arange(150) % 3)
+    b = write_synthetic(tmp_path / "b", **common, test_override=(noise, labels))
+    runs = [run_experiment(FitConfig(data_dir=tmp_path / d, cache=c, model="logreg"))
+            for d, c in (("a", a), ("b", b))]
+    (dir_a, m_a), (dir_b, m_b) = runs
+    assert len(set(m_a["val_scores"])) > 1, "the sweep must have something to choose"
+    assert m_a["params"] == m_b["params"]
+    assert m_a["val_scores"] == m_b["val_scores"]
+    assert m_a["grid"] == m_b["grid"]
+    coef_a = joblib.load(dir_a / "model.joblib")[-1].coef_
+    coef_b = joblib.load(dir_b / "model.joblib")[-1].coef_
+    np.testing.assert_array_equal(coef_a, coef_b)
+    assert m_a["top1"] > 0.8 and m_b["top1"] < 0.6
+
+
+def test_choose_sees_only_what_it_is_given() -> None:
+    X, y = blobs(400, classes=3, dim=8, spread=1.5, seed=0)
+    Xv, yv = blobs(100, classes=3, dim=8, spread=1.5, seed=1)
+    grid = {"C": (1e-4, 1e-2, 1.0)}
+
+    def blocks():
+        return Block(X.copy()[:, None], y, ["full"]), Block(Xv.copy()[:, None], yv, ["full"])
+
+    first = choose(LinearSVM(), Standardize(), grid, *blocks(), n_jobs=2)
+    second = choose(LinearSVM(), Standardize(), grid, *blocks(), n_jobs=1)
+    assert first.params == second.params and first.val_scores == second.val_scores
+    assert first.grid == [{"C": c} for c in grid["C"]]
+
+
+def test_fixed_value_skips_the_sweep(tmp_path: Path) -> None:
+    write_synthetic(tmp_path)
+    m = _fit(tmp_path, model="svm", params={"C": 0.1})
+    assert m["grid"] == [] and m["val_scores"] == [] and m["n_val"] == 0
+    assert m["params"] == {"C": 0.1} and m["head_params"]["C"] == 0.1
+    assert m["top1"] == 1.0
+
+
+def test_views_average_at_test_time(tmp_path: Path) -> None:
+    X, y = blobs(300, classes=3, dim=16, spread=4.0, seed=3, views=10)
+    path = write_synthetic(tmp_path, spread=0.5, test_views=10, test_override=(X, y))
+    m = _fit(tmp_path, cache=path, model="logreg", params={"C": 1.0})
+    assert m["test_views"] == 10
+    assert m["top1"] > m["top1_centre"] + 0.05
+
+
+def test_training_views_stay_together(tmp_path: Path) -> None:
+    path = write_synthetic(tmp_path, train_views=10, test_views=10, n_train=120)
+    m = _fit(tmp_path, cache=path, model="svm")
+    assert m["n_train"] == 120 and m["n_val"] == 12
+    assert m["top1"] == 1.0 and m["top1_centre"] == 1.0
+
+
+def test_class_scores_average_views() -> None:
+    class Fixed:
+        classes_ = np.array([0, 1])
+
+        def decision_function(self, X):
+            return np.stack([X[:, 0], -X[:, 0]], axis=1)
+
+    X = np.array([[[1.0], [-3.0]], [[2.0], [2.0]]], dtype=np.float32)
+    scores = class_scores(Fixed(), X)
+    assert scores.shape == (2, 2, 2)
+    np.testing.assert_allclose(scores.mean(axis=1), [[-1, 1], [2, -2]])
+
+
+def test_evaluate_reports_top5_and_confusion() -> None:
+    X, y = blobs(600, classes=8, dim=16, spread=0.3, seed=0)
+    Xt, yt = blobs(160, classes=8, dim=16, spread=0.3, seed=1)
+    model = refit(SoftmaxRegression(), Standardize(), {}, Block(X[:, None], y, ["full"]))
+    m = evaluate(model, Block(Xt[:, None], yt, ["full"]), n_classes=8)
+    assert m["top1"] == 1.0 and m["top5"] == 1.0 and "top1_centre" not in m
+    assert np.trace(m["confusion"]) == 160
+
+
+def test_train_size_and_shots(tmp_path: Path) -> None:
+    write_synthetic(tmp_path, n_train=300, classes=3)
+    m = _fit(tmp_path, model="svm", train_size=90, params={"C": 1.0})
+    assert m["n_train"] == 90
+    m = _fit(tmp_path, model="svm", shots=4)
+    assert m["n_train"] == 12 and m["repeats"] == 5 and len(m["per_repeat"]) == 5
+    assert {r["seed"] for r in m["per_repeat"]} == {0, 1, 2, 3, 4}
+    assert m["top1_std"] >= 0.0
+
+
+def test_plan_rows_are_stratified_and_seeded(tmp_path: Path) -> None:
+    path = write_synthetic(tmp_path, n_train=300, n_test=150, split_rule="stratified test=0.2")
+    with FeatureCache(path) as cache:
+        config = FitConfig(data_dir=tmp_path, resplit=0.1, train_size=150)
+        train, test = plan_rows(cache, config, seed=0)
+        again, _ = plan_rows(cache, config, seed=0)
+        other, _ = plan_rows(cache, config, seed=1)
+        labels = np.concatenate([cache.labels(p.split)[p.rows] for p in train])
+    assert sum(len(p.rows) for p in test) == 45
+    assert len(labels) == 150 and np.bincount(labels).tolist() == [50, 50, 50]
+    assert {p.split for p in train} == {"train", "test"}
+    assert all(np.array_equal(a.rows, b.rows) for a, b in zip(train, again, strict=True))
+    assert not all(np.array_equal(a.rows, b.rows) for a, b in zip(train, other, strict=False))
+
+
+def test_resplit_repeats(tmp_path: Path) -> None:
+    write_synthetic(tmp_path, n_train=240, n_test=60, split_rule="stratified test=0.2 seed=0")
+    m = _fit(tmp_path, model="svm", resplit=0.1, repeats=3, val_size=0.111)
+    assert m["n_test"] == 30 and m["n_train"] == 270 and m["repeats"] == 3
+
+
+def test_resplit_refuses_an_official_split(tmp_path: Path) -> None:
+    write_synthetic(tmp_path, split_rule="official")
+    with pytest.raises(UsageError, match="official"):
+        _fit(tmp_path, resplit=0.2)
+
+
+def test_layers_concatenate(tmp_path: Path) -> None:
+    write_synthetic(tmp_path, layers=("pool", "block5"))
+    m = _fit(tmp_path, model="knn", layers=("pool", "block5"))
+    assert m["layers"] == ["pool", "block5"] and m["top1"] == 1.0
+
+
+def test_pca_transform(tmp_path: Path) -> None:
+    write_synthetic(tmp_path)
+    m = _fit(tmp_path, model="svm", transform="pca", dim=4, params={"C": 1.0})
+    assert m["top1"] == 1.0
+    model = joblib.load(next((tmp_path / "runs").iterdir()) / "model.joblib")
+    assert model[-1].coef_.shape == (3, 4)
+
+
+def test_run_folder_contents_and_saved_model(tmp_path: Path) -> None:
+    path = write_synthetic(tmp_path)
+    run_dir, _ = run_experiment(FitConfig(data_dir=tmp_path, model="svm", command="make x"))
+    assert {p.name for p in run_dir.iterdir()} == {"metrics.json", "model.joblib",
+                                                    "confusion.png"}
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    for key in ("top1", "top5", "per_class", "confusion", "params", "grid", "val_scores",
+                "fit_seconds", "predict_seconds", "select_seconds", "cache", "command"):
+        assert key in saved
+    assert saved["command"] == "make x"
+    assert saved["cache"]["path"] == str(path.resolve())
+    with FeatureCache(path) as cache:
+        assert saved["cache"]["fingerprint"] == cache.fingerprint
+        X, y = cache.features("test", "pool"), cache.labels("test")
+    assert saved["per_class"] == {"class0": 1.0, "class1": 1.0, "class2": 1.0}
+    model = joblib.load(run_dir / "model.joblib")
+    assert np.mean(model.predict(X) == y) == saved["top1"]
+    assert (run_dir / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_runs_never_overwrite_each_other(tmp_path: Path) -> None:
+    folders = {new_run_dir(tmp_path, ["d", "b", "l", "h"]) for _ in range(50)}
+    assert len(folders) == 50
+    write_synthetic(tmp_path)
+    first = run_experiment(FitConfig(data_dir=tmp_path, params={"C": 1.0}))[0]
+    second = run_experiment(FitConfig(data_dir=tmp_path, params={"C": 1.0}))[0]
+    assert first != second and (first / "metrics.json").is_file()
+
+
+def test_results_table_best_first_and_filtered(tmp_path: Path) -> None:
+    write_synthetic(tmp_path, dataset="digits", spread=0.3)
+    write_synthetic(tmp_path, dataset="ucmerced-jpg", spread=2.5)
+    _fit(tmp_path, dataset="ucmerced", model="svm", params={"C": 1.0})
+    _fit(tmp_path, dataset="digits", model="svm", params={"C": 1.0})
+    runs = load_runs(tmp_path)
+    assert [r["dataset"] for r in runs] == ["digits", "ucmerced-jpg"]
+    table = format_results(runs).splitlines()
+    assert table[0].split()[:4] == ["dataset", "backbone", "layer", "head"]
+    assert table[1].startswith("digits") and "C=1" in table[1] and "100.00" in table[1]
+    assert [r["dataset"] for r in load_runs(tmp_path, "ucm")] == ["ucmerced-jpg"]
+
+
+@pytest.mark.parametrize("head", [LinearSVM(C=1.0), SoftmaxRegression(C=1.0)],
+                         ids=["svm", "logreg"])
+def test_refit_keeps_one_float32_copy(head) -> None:
+    X, y = blobs(40_000, classes=4, dim=128, spread=2.0, seed=0)
+    X_test, y_test = blobs(2000, classes=4, dim=128, spread=2.0, seed=1)
+    block = Block(X[:, None], y, ["full"])
+    tracemalloc.start()
+    model = refit(head, Standardize(), {}, block)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert np.shares_memory(block.X, X)
+    assert peak < 0.5 * X.nbytes, f"numpy peak {peak / X.nbytes:.2f} x the training features"
+    assert model.score(X_test, y_test) > 0.9
