@@ -29,8 +29,12 @@ TRAIN_SIZE?=
 SHOTS     ?=
 HIDDEN    ?=
 DROPOUT   ?=
+WEIGHT_DECAY ?=
+NEIGHBORS ?=
 DIM       ?=
 TRANSFORM ?=
+REPEATS   ?=
+RESPLIT   ?=
 SEED      ?= 0
 CACHE     ?=
 
@@ -42,10 +46,14 @@ EXTRACT_ARGS = --dataset $(DATASET) --backbone $(BACKBONE) --layers $(LAYERS) --
 	--data-dir $(DATA_DIR) $(call opt,--res,$(RES)) $(call opt,--limit,$(LIMIT)) \
 	$(call flag,--skip-bad,$(SKIP_BAD)) $(call flag,--force,$(FORCE))
 
-CLASSIFY_ARGS = --dataset $(DATASET) --model $(MODEL) --layer $(LAYER) --seed $(SEED) \
+SOURCE = $(if $(strip $(CACHE)),--cache $(CACHE),--dataset $(DATASET))
+
+CLASSIFY_ARGS = $(SOURCE) --model $(MODEL) --layer $(LAYER) --seed $(SEED) \
 	--data-dir $(DATA_DIR) $(call opt,--C,$(C)) $(call opt,--train-size,$(TRAIN_SIZE)) \
 	$(call opt,--shots,$(SHOTS)) $(call opt,--hidden,$(HIDDEN)) $(call opt,--dropout,$(DROPOUT)) \
-	$(call opt,--dim,$(DIM)) $(call opt,--transform,$(TRANSFORM)) $(call opt,--cache,$(CACHE))
+	$(call opt,--weight-decay,$(WEIGHT_DECAY)) $(call opt,--neighbors,$(NEIGHBORS)) \
+	$(call opt,--dim,$(DIM)) $(call opt,--transform,$(TRANSFORM)) \
+	$(call opt,--repeats,$(REPEATS)) $(call opt,--resplit,$(RESPLIT))
 
 .PHONY: install demo extract layers list classify results tsne test lint bench-extract bench-classify clean
 
@@ -77,7 +85,7 @@ results: $(STAMP)
 	$(BIN)/python -m classify results --data-dir $(DATA_DIR) $(if $(filter command line,$(origin DATASET)),--dataset $(DATASET))
 
 tsne: $(STAMP)
-	$(BIN)/python -m classify tsne --dataset $(DATASET) --layer $(LAYER) --data-dir $(DATA_DIR) $(call opt,--cache,$(CACHE))
+	$(BIN)/python -m classify tsne $(SOURCE) --layer $(LAYER) --data-dir $(DATA_DIR)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -89,7 +97,7 @@ bench-extract: $(STAMP)
 	$(BIN)/python benchmarks/bench_extract.py
 
 bench-classify: $(STAMP)
-	$(BIN)/python benchmarks/bench_classify.py $(call opt,--cache,$(CACHE))
+	$(BIN)/python benchmarks/bench_classify.py $(CACHE)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -13,14 +13,11 @@ import argparse
 import logging
 import os
 import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from classify.experiment import FitConfig, run_experiment
 from classify.features import Part, open_cache, read

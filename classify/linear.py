@@ -135,7 +135,7 @@ class _FullBatchLinear(LinearClassifierMixin, BaseEstimator):
     _loss: LossGrad
     _curvature: float
 
-    def __init__(self, C: float = 1.0, *, tol: float = 1e-4, max_iter: int = 500) -> None:
+    def __init__(self, C: float = 1.0, *, tol: float = 1e-3, max_iter: int = 500) -> None:
         self.C = C
         self.tol = tol
         self.max_iter = max_iter

@@ -36,7 +36,7 @@ from filelock import FileLock, Timeout
 
 FORMAT_VERSION = 1
 SUFFIX = ".h5"
-READ_ROWS = 8192
+READ_ROWS = 16384
 _RESERVED = ("labels", "ids", "features")
 
 
@@ -197,6 +197,9 @@ class FeatureCache:
             if ds.shape[1:-1] != mid:
                 raise CacheError(f"layers {names} have different view counts in {split!r}")
             for lo in range(0, n, READ_ROWS):
+                if rows is None:  # contiguous fast path: no fancy indexing
+                    out[lo : lo + READ_ROWS, ..., col : col + width] = ds[lo : lo + READ_ROWS]
+                    continue
                 sel = idx[(idx >= lo) & (idx < lo + READ_ROWS)]
                 if sel.size == 0:
                     continue
