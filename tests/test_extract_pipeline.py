@@ -213,3 +213,29 @@ def test_real_ucmerced_subset(shared_data, tmp_path):
         assert len(cache.class_names) == 21
         assert cache.shape("train", "pool") == (42, 1280)
         assert np.isfinite(cache.features("train", "pool")).all()
+
+
+def test_full_disk_is_one_line_and_leaves_no_complete_file(image_folder, tmp_path, monkeypatch,
+                                                           capsys):
+    import errno
+
+    from extract import cli
+    from extract.cache import CacheWriter
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", "shard.npz")
+
+    monkeypatch.setattr(CacheWriter, "write_shard", full)
+    folder = image_folder(per_class=4)
+    code = cli.main(["run", "--dataset", str(folder), "--data-dir", str(tmp_path), "--res", "64",
+                     "--workers", "0", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 1 and "disk full" in err and err.count("\n") == 1
+    assert not list(tmp_path.glob("cache/*/*.h5"))
+
+
+def test_layers_lists_every_alias_with_its_shape():
+    proc = _cli(["layers", "--backbone", "efficientnet_lite0", "--res", "64"])
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "block5" in out and "(112, 4, 4)" in out and "pool" in out and "(1280,)" in out
