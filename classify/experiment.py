@@ -187,7 +187,7 @@ def run_experiment(config: FitConfig) -> tuple[Path, dict[str, Any]]:
     """Run the protocol ``config.n_repeats`` times and write ``<data>/runs/<run-id>/``."""
     start = time.perf_counter()
     build_head(config.model, config.params, config.seed)
-    path = resolve_cache(config.data_dir, config.dataset, config.cache)
+    path = resolve_cache(config.data_dir, config.dataset, config.cache, config.layers)
     logger.info("cache %s", path)
     clock: list[float] = []
     with open_cache(path, config.layers) as cache:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,14 +45,21 @@ def resolve_dataset(data_dir: Path, dataset: str) -> str:
     )
 
 
-def resolve_cache(data_dir: Path, dataset: str | None, cache: Path | None) -> Path:
-    """An explicit cache path, or the newest finished cache of ``dataset``."""
+def resolve_cache(
+    data_dir: Path, dataset: str | None, cache: Path | None, layers: Sequence[str] = ()
+) -> Path:
+    """An explicit cache path, or the newest finished cache of ``dataset`` holding ``layers``."""
     if cache is not None:
         if not Path(cache).is_file():
             raise UsageError(f"no cache file at {cache}")
         return Path(cache)
     name = resolve_dataset(data_dir, dataset or DEFAULT_DATASET)
-    return find_caches(data_dir, name)[0]
+    paths = find_caches(data_dir, name)
+    for path in paths:
+        with contextlib.suppress(CacheError), FeatureCache(path) as found:
+            if set(layers) <= set(found.layers("train")):
+                return path
+    return paths[0]
 
 
 def open_cache(

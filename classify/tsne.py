@@ -40,7 +40,7 @@ class TsneConfig:
 
 def make_tsne(config: TsneConfig) -> Path:
     """Embed a stratified sample of test features (centre view, standardised, PCA-50) in 2-D."""
-    path = resolve_cache(config.data_dir, config.dataset, config.cache)
+    path = resolve_cache(config.data_dir, config.dataset, config.cache, config.layers)
     with open_cache(path, config.layers, splits=("test",)) as cache:
         labels = cache.labels("test")
         rows = (

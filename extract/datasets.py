@@ -79,7 +79,10 @@ class ImageDataset:
     extra: Mapping[str, str] = field(default_factory=dict)
 
     def limited(self, limit: int | None, seed: int) -> ImageDataset:
-        """A stratified, seeded subset of at most ``limit`` items per split (tests, benchmarks)."""
+        """A stratified, seeded subset of at most ``limit`` items per split (tests, benchmarks).
+
+        Its name gains ``-limit<N>``, so its caches live apart from the full dataset's.
+        """
         if limit is None:
             return self
         splits = {
@@ -87,7 +90,7 @@ class ImageDataset:
         }
         fp = hashlib.sha256(f"{self.fingerprint}|limit={limit}|seed={seed}".encode()).hexdigest()
         return ImageDataset(
-            self.name,
+            f"{self.name}-limit{limit}",
             self.source,
             fp,
             self.class_names,

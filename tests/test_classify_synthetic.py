@@ -77,3 +77,15 @@ def test_synthetic_cache_reads_back(tmp_path: Path) -> None:
         assert cache.features("train", ["pool", "block5"]).shape == (300, 32)
         assert cache.features("test", "pool").shape == (150, 10, 16)
         assert cache.view_names("test")[0] == "center"
+
+
+def test_newest_cache_holding_the_layers_is_chosen(tmp_path: Path) -> None:
+    import os
+
+    from classify.features import resolve_cache
+
+    older = write_synthetic(tmp_path, layers=("pool", "block5"), seed=3)
+    newer = write_synthetic(tmp_path, layers=("pool",), seed=4)
+    os.utime(older, (1, 1))
+    assert resolve_cache(tmp_path, "digits", None) == newer
+    assert resolve_cache(tmp_path, "dig", None, ("block5",)) == older

@@ -34,7 +34,7 @@ def test_folder_without_splits_is_stratified(image_folder):
 def test_limit_is_a_stratified_subset(image_folder):
     ds = open_dataset(str(image_folder(per_class=10))).limited(6, seed=0)
     assert np.bincount(ds.splits["train"].labels).tolist() == [2, 2, 2]
-    assert "limit=6" in ds.split_rule
+    assert "limit=6" in ds.split_rule and ds.name == "imgs-limit6"
 
 
 def test_bad_names_and_empty_folders(tmp_path):

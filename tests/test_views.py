@@ -21,7 +21,7 @@ def test_ten_crops_are_corners_centre_and_mirrors():
     img = _image(40)
     out = MakeViews(35, 10, "bicubic", 0.875)(img)
     assert out.shape == (10, 3, 35, 35) and len(TEN_CROP_NAMES) == 10
-    full = torch.from_numpy(np.asarray(img)).permute(2, 0, 1)  # 35 / 0.875 = 40: no resize
+    full = torch.from_numpy(np.array(img)).permute(2, 0, 1)  # 35 / 0.875 = 40: no resize
     assert torch.equal(out[0], full[:, :35, :35])
     assert torch.equal(out[1], full[:, :35, 5:])
     assert torch.equal(out[2], full[:, 5:, :35])
