@@ -116,6 +116,9 @@ def choose(
     for params, score in zip(candidates, val_scores, strict=True):
         logger.info("  %s: val top-1 %.4f", params, score)
     logger.info("chose %s (val top-1 %.4f)", candidates[best], val_scores[best])
+    if len(candidates) > 2 and best in (0, len(candidates) - 1) and len(set(val_scores)) > 1:
+        logger.warning("the choice %s is at the edge of the grid; the best value may lie "
+                       "beyond it (fix it, e.g. C=..., to try one)", candidates[best])
     return Selection(candidates[best], candidates, val_scores, time.perf_counter() - start)
 
 

@@ -13,7 +13,7 @@ from typing import ClassVar
 
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
-from sklearn.preprocessing import Normalizer
+from sklearn.preprocessing import FunctionTransformer, Normalizer
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted, validate_data
 
@@ -108,6 +108,7 @@ TRANSFORMS: Mapping[str, Callable[[int | None], TransformerMixin]] = MappingProx
     "standardize": lambda dim: Standardize(),
     "l2": lambda dim: Normalizer(),
     "pca": lambda dim: PCAWhiten(dim or 256),
+    "none": lambda dim: FunctionTransformer(),
 })
 DEFAULT_TRANSFORM = "standardize"
 

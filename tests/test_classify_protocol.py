@@ -210,3 +210,12 @@ def test_refit_keeps_one_float32_copy(head) -> None:
     assert np.shares_memory(block.X, X)
     assert peak < 0.5 * X.nbytes, f"numpy peak {peak / X.nbytes:.2f} x the training features"
     assert model.score(X_test, y_test) > 0.9
+
+
+def test_no_transform_keeps_raw_features(tmp_path: Path) -> None:
+    write_synthetic(tmp_path)
+    m = _fit(tmp_path, model="svm", transform="none", params={"C": 1.0})
+    assert m["top1"] == 1.0 and m["transform"] == "none"
+    model = joblib.load(next((tmp_path / "runs").iterdir()) / "model.joblib")
+    X = np.ones((2, 16), dtype=np.float32)
+    np.testing.assert_array_equal(model[0].transform(X), X)
