@@ -54,15 +54,15 @@ class _Preconditioner:
 
     def __init__(self, X: torch.Tensor, mean: torch.Tensor, lam: float, curvature: float) -> None:
         rows = torch.linspace(0, len(X) - 1, min(len(X), PRECOND_ROWS)).long()
-        sample = (X[rows] - mean).double()
+        sample = X[rows] - mean
         m, d = sample.shape
         if d <= m:
-            variances, axes = torch.linalg.eigh(sample.T @ sample / m)
+            variances, axes = torch.linalg.eigh((sample.T @ sample).double() / m)
         else:
-            variances, vectors = torch.linalg.eigh(sample @ sample.T / m)
-            keep = variances > 1e-10 * variances.max()
+            variances, vectors = torch.linalg.eigh((sample @ sample.T).double() / m)
+            keep = variances > 1e-6 * variances.max()
             variances, vectors = variances[keep], vectors[:, keep]
-            axes = sample.T @ vectors / torch.sqrt(variances * m)
+            axes = sample.double().T @ vectors / torch.sqrt(variances * m)
         variances = variances.clamp_min(0.0)
         self.axes = axes.float()
         self.fill = float((lam + curvature * variances.min()) ** -0.5) if d > m else 0.0
