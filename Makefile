@@ -55,7 +55,11 @@ CLASSIFY_ARGS = $(SOURCE) --model $(MODEL) --layer $(LAYER) --seed $(SEED) \
 	$(call opt,--dim,$(DIM)) $(call opt,--transform,$(TRANSFORM)) \
 	$(call opt,--repeats,$(REPEATS)) $(call opt,--resplit,$(RESPLIT))
 
-.PHONY: install demo extract layers list classify results tsne test lint bench-extract bench-classify clean
+# the source experiments (recipes/*.sh), in an order that builds each cache once
+RECIPES   := iorga durr pictures lite2 hertel depth
+
+.PHONY: install demo extract layers list classify results tsne test lint bench-extract bench-classify clean \
+	reproduce results-page
 
 install: $(STAMP)
 
@@ -86,6 +90,16 @@ results: $(STAMP)
 
 tsne: $(STAMP)
 	$(BIN)/python -m classify tsne $(SOURCE) --layer $(LAYER) --data-dir $(DATA_DIR)
+
+reproduce: $(addprefix reproduce-,$(RECIPES))  ## every recipe, then docs/results.md
+	$(MAKE) --no-print-directory results-page
+
+reproduce-%: $(STAMP)  ## one recipe: make reproduce-durr
+	@test -f recipes/$*.sh || { echo "unknown recipe '$*'; valid: $(RECIPES)" >&2; exit 2; }
+	PY=$(BIN)/python DATA_DIR=$(DATA_DIR) bash recipes/$*.sh
+
+results-page: $(STAMP)  ## regenerate docs/results.md from the recipes' runs
+	$(BIN)/python recipes/report.py --data-dir $(DATA_DIR)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

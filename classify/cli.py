@@ -94,11 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
                       help="validation fraction of the training rows (default: %(default)s)")
     data.add_argument("--seed", type=int, default=0, help="seed of every random choice")
     data.add_argument("--jobs", type=int, default=2, help="parallel sweep workers")
+    fit.add_argument("--tag", help="label stored with the run, to group runs (a recipe's name)")
 
     results = commands.add_parser("results", help="table of every run so far, best first")
     results.add_argument("--data-dir", type=Path,
                          default=Path(os.environ.get("DATA_DIR", PROJECT_DATA)))
     results.add_argument("--dataset", help="only datasets whose name starts with this")
+    results.add_argument("--tag", help="only runs with this tag")
 
     tsne = commands.add_parser("tsne", help="2-D t-SNE map of test features (PNG)")
     _source_options(tsne)
@@ -115,7 +117,7 @@ def _fit(args: argparse.Namespace, argv: Sequence[str]) -> int:
         data_dir=args.data_dir, dataset=args.dataset, cache=args.cache, model=args.model,
         layers=args.layers, transform=args.transform, dim=args.dim, params=params,
         train_size=args.train_size, shots=args.shots, repeats=args.repeats,
-        resplit=args.resplit, val_size=args.val_size, seed=args.seed, jobs=args.jobs,
+        resplit=args.resplit, val_size=args.val_size, seed=args.seed, jobs=args.jobs, tag=args.tag,
         command=shlex.join(["python", "-m", "classify", *argv]),
     )
     run_dir, m = run_experiment(config)
@@ -129,7 +131,7 @@ def _fit(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def _results(args: argparse.Namespace) -> int:
-    runs = load_runs(args.data_dir, args.dataset)
+    runs = load_runs(args.data_dir, args.dataset, args.tag)
     if not runs:
         print(f"no runs under {args.data_dir / 'runs'}"
               + (f" for dataset {args.dataset!r}" if args.dataset else ""))

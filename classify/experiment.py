@@ -50,6 +50,7 @@ class FitConfig:
     val_size: float = 0.1
     seed: int = 0
     jobs: int = 2
+    tag: str | None = None
     command: str = ""
 
     def __post_init__(self) -> None:
@@ -248,9 +249,11 @@ def run_experiment(config: FitConfig) -> tuple[Path, dict[str, Any]]:
         "predict_seconds": _mean(results, "predict_seconds"),
         "cache": {"path": str(path.resolve()), "fingerprint": fingerprint, **meta},
         "command": config.command or shlex.join([sys.executable, *sys.argv]),
+        "tag": config.tag,
     }
     layer = "+".join(config.layers)
-    run_dir = new_run_dir(config.data_dir, [dataset, backbone, layer, config.model])
+    parts = [dataset, backbone, layer, config.model]
+    run_dir = new_run_dir(config.data_dir, [config.tag, *parts] if config.tag else parts)
     metrics["run_id"] = run_dir.name
     joblib.dump(model, run_dir / "model.joblib")
     title = f"{dataset} {backbone} {layer} {config.model}: top-1 {metrics['top1']:.3f}"

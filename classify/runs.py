@@ -40,15 +40,19 @@ def write_json(path: Path, data: Mapping[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def load_runs(data_dir: Path, dataset: str | None = None) -> list[dict[str, Any]]:
-    """Metrics of every finished run, best top-1 first; ``dataset`` filters by name prefix."""
+def load_runs(
+    data_dir: Path, dataset: str | None = None, tag: str | None = None
+) -> list[dict[str, Any]]:
+    """Metrics of every finished run, best top-1 first; filters: dataset prefix, exact tag."""
     runs = []
     for path in sorted((Path(data_dir) / "runs").glob(f"*/{METRICS}")):
         try:
             metrics = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             continue
-        if dataset is None or str(metrics.get("dataset", "")).startswith(dataset):
+        if dataset is not None and not str(metrics.get("dataset", "")).startswith(dataset):
+            continue
+        if tag is None or metrics.get("tag") == tag:
             runs.append(metrics)
     return sorted(runs, key=lambda m: -(m.get("top1") or 0.0))
 

@@ -15,6 +15,7 @@ from .cache import CacheError, FeatureCache
 from .config import DEVICES, DTYPES, POOLS, ExtractConfig
 from .datasets import DATASETS
 from .errors import UsageError
+from .pictures import show as show_pictures
 from .pipeline import describe_layers, run_extraction
 
 DEFAULTS = {f.name: f.default for f in fields(ExtractConfig)}
@@ -32,7 +33,10 @@ def _csv(text: str) -> tuple[str, ...]:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m extract", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    run = sub.add_parser("run", help="extract features into an HDF5 cache (resumes if interrupted)")
+    run = sub.add_parser(
+        "run",
+        help="extract features into an HDF5 cache (resumes if interrupted); prints its path",
+    )
     run.add_argument(
         "--dataset",
         default=DEFAULTS["dataset"],
@@ -134,6 +138,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="input resolution for the shapes [the backbone's input size]",
     )
     sub.add_parser("list", help="list registered backbones and datasets")
+    show = sub.add_parser(
+        "show", help="plot the first conv layer's filters and one image's activation maps"
+    )
+    show.add_argument("--backbone", default=DEFAULTS["backbone"], help="[%(default)s]")
+    show.add_argument("--image", type=Path, required=True, help="any image file")
+    show.add_argument(
+        "--layers", type=_csv, default=("block1", "block7"),
+        help="convolutional taps to show [block1,block7]",
+    )
+    show.add_argument("--out", type=Path, default=Path("data/pictures"), help="[%(default)s]")
     return parser
 
 
@@ -149,13 +163,12 @@ def _run(args: argparse.Namespace) -> None:
             for layer in cache.layers(s)
         )
     if result.cached:
-        print(f"cache hit ({result.seconds:.1f} s, no model loaded): {result.path}\n  {shapes}")
+        summary = f"cache hit ({result.seconds:.1f} s, no model loaded)"
     else:
         rate = result.images / max(result.seconds, 1e-9)
-        print(
-            f"wrote {result.path}: {result.images} images in {result.seconds:.1f} s "
-            f"({rate:.1f} img/s)\n  {shapes}"
-        )
+        summary = f"wrote {result.images} images in {result.seconds:.1f} s ({rate:.1f} img/s)"
+    print(f"{summary}\n  {shapes}", file=sys.stderr)
+    print(result.path)
 
 
 def _layers(args: argparse.Namespace) -> None:
@@ -172,11 +185,17 @@ def _list(_: argparse.Namespace) -> None:
     print("dataset <dir>     any ImageFolder directory")
 
 
+def _show(args: argparse.Namespace) -> None:
+    for path in show_pictures(args.backbone, args.image, args.layers, args.out):
+        print(path)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        {"run": _run, "layers": _layers, "list": _list}[args.command](args)
+        commands = {"run": _run, "layers": _layers, "list": _list, "show": _show}
+        commands[args.command](args)
     except (UsageError, UnknownNameError, CacheError, WeightsUnavailableError) as exc:
         print(f"extract: error: {exc}", file=sys.stderr)
         return 2

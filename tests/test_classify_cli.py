@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -178,3 +179,13 @@ def test_real_ucmerced_cache(tmp_path: Path, capsys) -> None:
     assert code == 0
     top1 = float(out.split("top-1 ")[1].split("%")[0])
     assert top1 > 80.0
+
+
+def test_tag_names_the_run_and_filters_results(data_dir: Path, capsys) -> None:
+    code, out, _ = _run(["fit", "--data-dir", str(data_dir), "--dataset", "cifar100",
+                         "--model", "svm", "--C", "1", "--tag", "recipe-x"], capsys)
+    run_dir = Path(out.split("run: ")[1].strip())
+    assert code == 0 and "-recipe-x-cifar100-" in run_dir.name
+    assert json.loads((run_dir / "metrics.json").read_text())["tag"] == "recipe-x"
+    code, out, _ = _run(["results", "--data-dir", str(data_dir), "--tag", "recipe-x"], capsys)
+    assert code == 0 and [line.split()[0] for line in out.splitlines()[1:]] == ["cifar100"]

@@ -11,6 +11,7 @@ import pytest
 from filelock import FileLock
 
 import extract.pipeline as pipeline
+from extract import cli
 from extract.cache import FeatureCache
 from extract.config import ExtractConfig
 from extract.errors import UsageError
@@ -239,3 +240,14 @@ def test_layers_lists_every_alias_with_its_shape():
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert "block5" in out and "(112, 4, 4)" in out and "pool" in out and "(1280,)" in out
+
+
+def test_run_prints_only_the_cache_path_on_stdout(image_folder, tmp_path, capsys):
+    folder = image_folder(splits=["train", "test"], per_class=2)
+    argv = ["run", "--dataset", str(folder), "--data-dir", str(tmp_path), "--res", "32",
+            "--quiet"]
+    for summary in ("wrote 12 images", "cache hit"):
+        assert cli.main(argv) == 0
+        out, err = capsys.readouterr()
+        assert Path(out.strip()).is_file() and out.count("\n") == 1
+        assert summary in err
