@@ -54,10 +54,10 @@ _SPECS = (
     ),
     HeadSpec(
         "mlp-alexnet",
-        lambda: MLPHead(hidden=(4096, 4096), dropout=0.5, weight_decay=5e-4),
+        lambda: MLPHead(hidden=(4096, 4096), dropout=0.5, weight_decay=5e-4, max_epochs=15),
         {},
         ("hidden", "dropout", "weight_decay"),
-        "AlexNet-style head 4096-4096, dropout 0.5 (Hertel et al.); slow on CPU",
+        "AlexNet-style head 4096-4096, dropout 0.5, 15 epochs (Hertel et al.); slow on CPU",
     ),
     HeadSpec(
         "mlp-ucmerced",

@@ -8,11 +8,11 @@ cifar=$(features --dataset "$CIFAR10" --res 160 --crops test:10)
 
 for cache in "$mnist" "$cifar"; do
   fit --cache "$cache" --model mlp-alexnet
-  fit --cache "$cache" --model mlp-alexnet --layer block6,pool
   fit --cache "$cache" --model svm
   fit --cache "$cache" --model logreg
 done
 # Digits are not ImageNet objects: mid-level taps carry more of them.
-fit --cache "$mnist" --model mlp-alexnet --layer block5,block6,pool
-fit --cache "$mnist" --model svm --layer block5,block6,pool
+for head in svm mlp; do
+  fit --cache "$mnist" --model "$head" --layer block5,block6,pool
+done
 done_recipe

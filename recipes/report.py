@@ -110,7 +110,13 @@ class Page:
         runs = self.runs[recipe]
         self.add(f"## {title}", text, "", self.wall(recipe), "")
         self.add(run_rows(runs, COLUMNS) if runs else "*No runs yet.*", "")
+        self.commands(runs)
         return runs
+
+    def commands(self, runs: Sequence[Run]) -> None:
+        if runs:
+            self.add("<details><summary>commands</summary>", "", "```",
+                     *(r["command"] for r in runs), "```", "", "</details>", "")
 
     def image(self, source: Path, name: str, alt: str) -> str:
         if not source.is_file():
@@ -171,6 +177,7 @@ def depth(page: Page) -> None:
     if not runs:
         page.add("*No runs yet.*", "")
         return
+    page.commands(runs)
     figure = Figure(figsize=(6.4, 3.4))
     ax = figure.subplots()
     for dataset in sorted({r["dataset"] for r in runs}):
@@ -300,6 +307,17 @@ def render(data_dir: Path, docs: Path) -> str:
         "",
         table(("experiment", "source %", "ours: test top-1 %", "target met", "recipe"),
               summary(page)),
+        "",
+        "## Wall time of each recipe",
+        "",
+        table(("recipe", "minutes", "machine", "started"),
+              [(f"`make reproduce-{name}`", f"{t['seconds'] / 60:.1f}", t["machine"],
+                t["started"]) for name, t in page.timings.items() if t]),
+        "",
+        f"Total: {sum(t['seconds'] for t in page.timings.values() if t) / 3600:.2f} h for "
+        f"{sum(1 for t in page.timings.values() if t)} of {len(RECIPES)} recipes. A recipe "
+        "that finds its caches made by an earlier one only re-fits heads, so the order of "
+        "`make reproduce` decides which recipe pays for each extraction.",
         "",
     ]
     return "\n".join(head + page.parts) + "\n"
