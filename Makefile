@@ -56,7 +56,7 @@ CLASSIFY_ARGS = $(SOURCE) --model $(MODEL) --layer $(LAYER) --seed $(SEED) \
 	$(call opt,--repeats,$(REPEATS)) $(call opt,--resplit,$(RESPLIT))
 
 # the source experiments (recipes/*.sh), in an order that builds each cache once
-RECIPES   := iorga durr pictures lite2 hertel depth
+RECIPES   := iorga durr pictures depth hertel lite2
 
 .PHONY: install demo extract layers list classify results tsne test lint bench-extract bench-classify clean \
 	reproduce results-page

@@ -3,6 +3,8 @@
 Adam with L2 weight decay, dropout after every hidden layer, cosine learning-rate annealing
 over ``max_epochs``, early stopping on a stratified validation split carved inside ``fit``
 (best weights restored). Randomness comes from ``random_state`` through a ``torch.Generator``.
+Training runs its matrix products in bfloat16 (weights and optimiser state stay float32) where
+the CPU multiplies bfloat16 natively (AVX512-BF16, AMX): about three times faster there.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval, InvalidParameterError
+from sklearn.utils._param_validation import Interval, InvalidParameterError, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 from tqdm.auto import tqdm
@@ -55,6 +57,14 @@ class _Net(torch.nn.Module):
         return self.layers[-1](x)
 
 
+def _training_precision(precision: str) -> str:
+    """``auto``: bfloat16 where the CPU multiplies it natively, else float32."""
+    if precision != "auto":
+        return precision
+    native = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return "bfloat16" if native else "float32"
+
+
 class MLPHead(ClassifierMixin, BaseEstimator):
     """Multi-layer perceptron classifier trained with Adam on the CPU."""
 
@@ -67,6 +77,7 @@ class MLPHead(ClassifierMixin, BaseEstimator):
         "max_epochs": [Interval(Integral, 1, None, closed="left")],
         "patience": [Interval(Integral, 1, None, closed="left")],
         "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
+        "precision": [StrOptions({"auto", "float32", "bfloat16"})],
         "random_state": ["random_state"],
     }
 
@@ -81,6 +92,7 @@ class MLPHead(ClassifierMixin, BaseEstimator):
         max_epochs: int = 30,
         patience: int = 4,
         validation_fraction: float = 0.1,
+        precision: str = "auto",
         random_state: int | None = None,
     ) -> None:
         self.hidden = hidden
@@ -91,6 +103,7 @@ class MLPHead(ClassifierMixin, BaseEstimator):
         self.max_epochs = max_epochs
         self.patience = patience
         self.validation_fraction = validation_fraction
+        self.precision = precision
         self.random_state = random_state
 
     def _validate_params(self) -> None:
@@ -120,21 +133,25 @@ class MLPHead(ClassifierMixin, BaseEstimator):
         rows = torch.from_numpy(rows)
         sizes = [X.shape[1], *map(int, self.hidden), len(self.classes_)]
         net = _Net(sizes, self.dropout, generator)
-        optimizer = torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        optimizer = torch.optim.Adam(
+            net.parameters(), lr=self.lr, weight_decay=self.weight_decay, fused=True
+        )
         steps = math.ceil(len(rows) / self.batch_size)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, self.max_epochs * steps)
         self.loss_curve_: list[float] = []
         self.validation_loss_: list[float] = []
         best, best_state, waited = math.inf, None, 0
+        self.precision_ = _training_precision(self.precision)
+        low = torch.autocast("cpu", torch.bfloat16, enabled=self.precision_ == "bfloat16")
         for _ in tqdm(range(self.max_epochs), desc="mlp epochs", leave=False, disable=None):
             net.train()
             order = rows[torch.randperm(len(rows), generator=generator)]
             total = 0.0
             for lo in range(0, len(order), self.batch_size):
                 batch = order[lo : lo + self.batch_size]
-                loss = torch.nn.functional.cross_entropy(
-                    net(features[batch], generator), targets[batch]
-                )
+                with low:
+                    logits = net(features[batch], generator)
+                loss = torch.nn.functional.cross_entropy(logits.float(), targets[batch])
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()

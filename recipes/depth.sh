@@ -6,7 +6,7 @@ source "$(dirname "$0")/lib.sh"
 cifar=$(features --dataset "$CIFAR10" --res 160 --crops test:10)
 ucm=$(features --dataset "$UCMERCED")
 
-for layer in ${TAPS//,/ } block6,pool block7,pool block5,block6,pool block5,block6,block7,pool; do
+for layer in ${TAPS//,/ } block6,pool block5,block6,block7,pool; do
   fit --cache "$cifar" --model svm --layer "$layer"
   fit --cache "$ucm" --model svm --layer "$layer" --resplit 0.1 --val-size 0.1111 --repeats 5
 done

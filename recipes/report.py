@@ -218,8 +218,9 @@ def iorga(page: Page) -> None:
 def lite2(page: Page) -> None:
     page.section("lite2", "5. A stronger frozen backbone: EfficientNet-Lite2",
                  "The same protocols with the larger offline backbone: CIFAR-10 JPEG copy at "
-                 "160 px with ten test views (as Lite0), UC Merced at Lite2's own 260 px over "
-                 "the same five 80/10/10 splits.")
+                 "160 px, one full view per test image (compare with Lite0's centre-view "
+                 "column: ten views cost ten forward passes, which this CPU budget spent on "
+                 "Lite0), UC Merced at Lite2's own 260 px over the same five 80/10/10 splits.")
 
 
 def pictures(page: Page) -> None:
