@@ -205,3 +205,11 @@ def test_pca_whiten_matches_sklearn() -> None:
     np.testing.assert_allclose(np.cov(ours.T, bias=True), np.eye(4), atol=1e-3)
     with pytest.raises(ValueError, match="DIM=11"):
         PCAWhiten(11).fit(X)
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_mlp_learns_in_either_precision(precision: str) -> None:
+    X, y = blobs(300, classes=3, dim=8, spread=0.5, seed=0)
+    mlp = MLPHead(hidden=(32,), max_epochs=20, precision=precision, random_state=0).fit(X, y)
+    assert mlp.precision_ == precision and mlp.score(X, y) > 0.95
+    assert MLPHead(hidden=(8,), max_epochs=1).fit(X, y).precision_ in {"float32", "bfloat16"}
