@@ -87,7 +87,7 @@ COLUMNS: dict[str, Callable[[Run], str]] = {
     "val top-1": lambda r: pct(val_score(r)),
     "test top-1": top1,
     "centre view": lambda r: pct(r.get("top1_centre")),
-    "fit s": lambda r: f"{r['seconds']:.0f}",
+    "run s": lambda r: f"{r['seconds']:.0f}",
 }
 
 
@@ -206,8 +206,10 @@ def iorga(page: Page) -> None:
                  "stratified 80/10/10 splits (seeds 0-4; 10 % test, a ninth of the rest for "
                  "validation), mean ± spread of test top-1. `mlp-ucmerced` is the source's "
                  "84-63-42 head. The confusion matrix sums the five test splits of the UC "
-                 "Merced run that validation picks among this recipe's and `lite2`'s.")
-    pick = chosen(page.select(("iorga", "lite2"), lambda r: r["dataset"].startswith("ucmerced")))
+                 "Merced run that validation picks among this recipe's, `depth`'s and "
+                 "`lite2`'s (all use the same five splits).")
+    pick = chosen(page.select(("iorga", "lite2", "depth"),
+                              lambda r: r["dataset"].startswith("ucmerced")))
     if pick:
         run_dir = page.data_dir / "runs" / pick["run_id"]
         page.add(f"Picked: {pick['backbone']} {layers(pick)} {pick['head']}, {top1(pick)} %.",
@@ -221,6 +223,50 @@ def lite2(page: Page) -> None:
                  "160 px, one full view per test image (compare with Lite0's centre-view "
                  "column: ten views cost ten forward passes, which this CPU budget spent on "
                  "Lite0), UC Merced at Lite2's own 260 px over the same five 80/10/10 splits.")
+
+
+def _config(r: Run) -> tuple:
+    return (r["head"], layers(r), r["n_train"], r["transform"], tuple(sorted(
+        (k, v) for k, v in r["params"].items() if not r["grid"])))
+
+
+def cifar_limits(page: Page) -> None:
+    """The measured levers on CIFAR-10: views, layers, training size and backbone."""
+    lite0 = page.select(("durr", "depth"), lambda r: r["dataset"].startswith("cifar10"))
+    lite2 = [r for r in page.runs["lite2"] if r["dataset"].startswith("cifar10")]
+    if not lite0:
+        return
+    page.add("## What limits CIFAR-10 here",
+             "Each lever, measured on the runs above (test top-1, CIFAR-10 JPEG copy):", "")
+    gains = [100 * (r["top1"] - r["top1_centre"]) for r in lite0 if r.get("top1_centre")]
+    if gains:
+        page.add(f"- **Ten views vs the centre view** (Lite0, {len(gains)} runs): "
+                 f"+{np.mean(gains):.2f} points on average (from +{min(gains):.2f} to "
+                 f"+{max(gains):.2f}).")
+    by_config = {_config(r): r for r in lite0}
+    for size in (10000, 50000):
+        a = by_config.get(("svm", "pool", size, "standardize", ()))
+        b = by_config.get(("logreg", "block6+pool", size, "standardize", ()))
+        if a and b:
+            page.add(f"- **Concatenating block6 with pool** ({size:,} images): SVM on pool "
+                     f"{pct(a['top1'])}, logreg on block6+pool {pct(b['top1'])}.")
+    small = chosen(r for r in lite0 if r["n_train"] == 10000)
+    large = chosen(r for r in lite0 if r["n_train"] == 50000)
+    if small and large:
+        page.add(f"- **Training images**: best by validation with 10,000 images "
+                 f"{pct(small['top1'])}, with 50,000 {pct(large['top1'])}.")
+    pairs = [(r, by_config.get(_config(r))) for r in lite2]
+    rows = [(r["head"], layers(r), f"{r['n_train']:,}", pct(r0["top1_centre"]), pct(r["top1"]))
+            for r, r0 in pairs if r0 and r0.get("top1_centre") is not None]
+    if rows:
+        page.add("- **Backbone**: the same protocol, one view per test image (Lite0's centre "
+                 "crop, Lite2's full image):", "",
+                 table(("head", "layers", "train", "Lite0, one view", "Lite2, one view"), rows))
+    page.add("", "- **Resolution**: measured in [extract.md](extract.md) on a 2,000-image "
+             "subset: 96 -> 224 px rises then flattens at 160 px, which is why every recipe "
+             "uses 160 px for CIFAR-10.",
+             "- **The JPEG copy**: about 900 bytes an image (SOURCES.md calls it lossy); the "
+             "original pickles are not available here, so its cost is not measured.", "")
 
 
 def pictures(page: Page) -> None:
@@ -276,7 +322,7 @@ def summary(page: Page) -> list[Sequence[str]]:
                      chosen(mnist), 99.54))
     rows += [_row(f"MNIST, `mlp-alexnet` on {layers(r)} (not chosen: no validation score)",
                   "99.54", r, 99.54) for r in alex]
-    ucm = page.select(("iorga", "lite2"), lambda r: r["dataset"].startswith("ucmerced"))
+    ucm = page.select(("iorga", "lite2", "depth"), lambda r: r["dataset"].startswith("ucmerced"))
     rows.append(_row("UC Merced, the source's 84-63-42 MLP, 5 splits", "86.61",
                      next((r for r in ucm if r["head"] == "mlp-ucmerced"), None), 86.61))
     rows.append(_row("UC Merced, head chosen on validation, 5 splits (our target: 97)",
@@ -291,7 +337,7 @@ def summary(page: Page) -> list[Sequence[str]]:
 
 def render(data_dir: Path, docs: Path) -> str:
     page = Page(data_dir, docs)
-    for section in (durr, hertel, depth, iorga, lite2, pictures):
+    for section in (durr, hertel, depth, iorga, lite2, cifar_limits, pictures):
         section(page)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     head = [
