@@ -206,10 +206,9 @@ def iorga(page: Page) -> None:
                  "stratified 80/10/10 splits (seeds 0-4; 10 % test, a ninth of the rest for "
                  "validation), mean ± spread of test top-1. `mlp-ucmerced` is the source's "
                  "84-63-42 head. The confusion matrix sums the five test splits of the UC "
-                 "Merced run that validation picks among this recipe's, `depth`'s and "
-                 "`lite2`'s (all use the same five splits).")
-    pick = chosen(page.select(("iorga", "lite2", "depth"),
-                              lambda r: r["dataset"].startswith("ucmerced")))
+                 "Merced run that validation picks among this recipe's and `depth`'s (both "
+                 "use the same five splits).")
+    pick = chosen(page.select(("iorga", "depth"), lambda r: r["dataset"].startswith("ucmerced")))
     if pick:
         run_dir = page.data_dir / "runs" / pick["run_id"]
         page.add(f"Picked: {pick['backbone']} {layers(pick)} {pick['head']}, {top1(pick)} %.",
@@ -222,7 +221,7 @@ def lite2(page: Page) -> None:
                  "The same protocols with the larger offline backbone: CIFAR-10 JPEG copy at "
                  "160 px, one full view per test image (compare with Lite0's centre-view "
                  "column: ten views cost ten forward passes, which this CPU budget spent on "
-                 "Lite0), UC Merced at Lite2's own 260 px over the same five 80/10/10 splits.")
+                 "Lite0).")
 
 
 def _config(r: Run) -> tuple:
@@ -322,7 +321,7 @@ def summary(page: Page) -> list[Sequence[str]]:
                      chosen(mnist), 99.54))
     rows += [_row(f"MNIST, `mlp-alexnet` on {layers(r)} (not chosen: no validation score)",
                   "99.54", r, 99.54) for r in alex]
-    ucm = page.select(("iorga", "lite2", "depth"), lambda r: r["dataset"].startswith("ucmerced"))
+    ucm = page.select(("iorga", "depth"), lambda r: r["dataset"].startswith("ucmerced"))
     rows.append(_row("UC Merced, the source's 84-63-42 MLP, 5 splits", "86.61",
                      next((r for r in ucm if r["head"] == "mlp-ucmerced"), None), 86.61))
     rows.append(_row("UC Merced, head chosen on validation, 5 splits (our target: 97)",
