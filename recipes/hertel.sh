@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
 # Hertel et al.: frozen conv layers, a retrained AlexNet-style classifier (4096-4096,
 # dropout 0.5), ten test views averaged: MNIST 99.54 %, CIFAR-10 89.14 %, CIFAR-100 67.68 %.
-# Each run reports both the centre view (top1_centre) and the ten views averaged (top1).
-# The linear heads on CIFAR-10 are durr.sh's; the 4096-4096 heads come last (slow on a CPU).
+# As in the paper, MNIST's classifier reads the conv maps whole (--pool none: a 7x7 or 4x4
+# grid at 112 px), not pooled: a digit is its strokes' layout, which pooling throws away.
+# One view per MNIST test image: a corner crop shifts the digit across the grid a head
+# trained on whole images reads (on a 300-image subset, block5: 96.0 % one view, 85.3 %
+# ten views averaged).
+# CIFAR-10's heads are durr.sh's: a 4096-4096 head on 45,000 CIFAR-10 images is about
+# 25 more CPU minutes than this recipe's budget, and durr.sh's MLPs already measure what a
+# nonlinear head adds there.
 source "$(dirname "$0")/lib.sh"
-mnist=$(features --dataset "$MNIST" --res 112 --crops test:10)
-cifar=$(features --dataset "$CIFAR10" --res 160 --crops test:10)
+mnist=$(features --dataset "$MNIST" --res 112 --pool none \
+  --layers block4,block5,block6)
 
-for head in svm logreg; do
-  fit --cache "$mnist" --model "$head"
+for layer in block4 block5 block6; do
+  fit --cache "$mnist" --model svm --layer "$layer"
 done
-# Digits are not ImageNet objects: mid-level taps carry more of them.
-for head in svm mlp; do
-  fit --cache "$mnist" --model "$head" --layer block5,block6,pool
-done
-fit --cache "$mnist" --model mlp-alexnet
-fit --cache "$cifar" --model mlp-alexnet
+fit --cache "$mnist" --model mlp --layer block6
+fit --cache "$mnist" --model mlp-alexnet --layer block6
 done_recipe

@@ -45,7 +45,9 @@ def chosen(runs: Iterable[Run]) -> Run | None:
 
 
 def layers(run: Run) -> str:
-    return "+".join(run["layers"])
+    """The taps a head read; "(grid)" where the cache kept the conv maps whole."""
+    grid = run.get("cache", {}).get("pool") == "none"
+    return "+".join(run["layers"]) + (" (grid)" if grid else "")
 
 
 def top1(run: Run) -> str:
@@ -156,13 +158,16 @@ def hertel(page: Page) -> None:
     page.section("hertel", "2. Hertel et al.: a retrained AlexNet-style classifier",
                  "Source: frozen AlexNet-style conv layers, a retrained classifier, ten views "
                  "averaged: MNIST **99.54 %**, CIFAR-10 **89.14 %**, CIFAR-100 **67.68 %**. "
-                 "Ours: the head `mlp-alexnet` (4096-4096, dropout 0.5, Adam) on frozen "
-                 "EfficientNet-Lite0 features (MNIST at 112 px, CIFAR-10 JPEG copy at 160 px), "
-                 "beside the linear heads; test top-1 is ten views averaged, the centre column "
-                 "one view. `mlp-alexnet` sweeps nothing, so it has no validation score and "
-                 "validation cannot choose it. CIFAR-100 is not run here: this workplace has no "
-                 "copy and no route to the download (`DATASET=cifar100` fetches it on a user's "
-                 "machine).")
+                 "Ours: the head `mlp-alexnet` (4096-4096, dropout 0.5, Adam, 15 epochs) on "
+                 "frozen EfficientNet-Lite0 features, beside the linear heads. MNIST at 112 "
+                 "px: like the paper's conv5, the heads read each tap's whole conv map (a 7x7 "
+                 "or 4x4 grid, `--pool none`, marked \"(grid)\"), not its average, one view "
+                 "per test image (corner crops shift a digit across the grid). CIFAR-10's "
+                 "heads, MLPs included, are section 1's: a 4096-4096 head on 45,000 CIFAR-10 "
+                 "images did not fit this CPU budget. `mlp-alexnet` sweeps nothing, so it has "
+                 "no validation score and validation cannot choose it. CIFAR-100 is not run "
+                 "here: this workplace has no copy and no route to the download "
+                 "(`DATASET=cifar100` fetches it on a user's machine).")
 
 
 def depth(page: Page) -> None:
@@ -218,8 +223,10 @@ def iorga(page: Page) -> None:
 
 def lite2(page: Page) -> None:
     page.section("lite2", "5. A stronger frozen backbone: EfficientNet-Lite2",
-                 "The same protocols with the larger offline backbone: CIFAR-10 JPEG copy at "
-                 "160 px, one full view per test image (compare with Lite0's centre-view "
+                 "Dürr's protocol with the larger offline backbone: CIFAR-10 JPEG copy at "
+                 "160 px, a stratified 15,000-image subset of the training set (10,000 to train, "
+                 "the validation split from the rest; whole test set), one full view per test "
+                 "image (compare with Lite0's centre-view "
                  "column: ten views cost ten forward passes, which this CPU budget spent on "
                  "Lite0).")
 

@@ -74,3 +74,10 @@ def test_page_picks_by_validation_never_by_test(tmp_path: Path) -> None:
     page = report.render(tmp_path, tmp_path / "docs")
     assert "| 90.00 ± 1.00 (efficientnet_lite0, pool, svm) | no (-7.00) | `iorga` |" in page
     assert "fit a\nfit b\nfit c" in page and "fit d" not in page
+
+
+def test_layers_label_marks_whole_conv_maps() -> None:
+    pooled = {"layers": ["block6", "pool"], "cache": {"pool": "avg"}}
+    grid = {"layers": ["block5"], "cache": {"pool": "none"}}
+    assert report.layers(pooled) == "block6+pool"
+    assert report.layers(grid) == "block5 (grid)"
