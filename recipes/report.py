@@ -162,9 +162,10 @@ def hertel(page: Page) -> None:
                  "frozen EfficientNet-Lite0 features, beside the linear heads. MNIST at 112 "
                  "px: like the paper's conv5, the heads read each tap's whole conv map (a 7x7 "
                  "or 4x4 grid, `--pool none`, marked \"(grid)\"), not its average, one view "
-                 "per test image (corner crops shift a digit across the grid). CIFAR-10 JPEG "
-                 "copy at 160 px, average-pooled: ten test views averaged, the centre column "
-                 "one view; its other heads are section 1's. `mlp-alexnet` sweeps nothing, "
+                 "per test image (corner crops shift a digit across the grid). CIFAR-10's "
+                 "heads, ten views beside the centre view, are section 1's: the 4096-4096 "
+                 "head on 45,000 CIFAR-10 images did not fit this CPU budget, and section 1's "
+                 "MLPs measure what a nonlinear head adds there. `mlp-alexnet` sweeps nothing, "
                  "so it has no validation score and validation cannot choose it. CIFAR-100 is "
                  "not run here: this workplace has no copy and no route to the download "
                  "(`DATASET=cifar100` fetches it on a user's machine).")
