@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 METRICS = "metrics.json"
+RUN_STAMP = "%Y%m%d-%H%M%S"  # local time; a run folder's name starts with it
 
 
 def slug(text: str) -> str:
@@ -22,7 +23,7 @@ def new_run_dir(data_dir: Path, parts: Sequence[str]) -> Path:
     """Create ``<data>/runs/<timestamp>-<parts>-<random>``; never reuses an existing folder."""
     root = Path(data_dir) / "runs"
     root.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    stamp = datetime.now().strftime(RUN_STAMP)
     name = "-".join([stamp, *(slug(p) for p in parts)])
     while True:
         path = root / f"{name}-{secrets.token_hex(2)}"

@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from classify.runs import load_runs  # noqa: E402
+from classify.runs import RUN_STAMP, load_runs  # noqa: E402
 
 Run = Mapping[str, Any]
 RECIPES = ("durr", "hertel", "depth", "iorga", "lite2", "pictures")
@@ -148,7 +148,8 @@ class Page:
 
 def _finished(run: Run) -> datetime:
     """When a run was written: its folder name starts with the local time."""
-    return datetime.strptime(run["run_id"][:15], "%Y%m%d-%H%M%S").astimezone()
+    stamp = run["run_id"][: len(datetime.now().strftime(RUN_STAMP))]
+    return datetime.strptime(stamp, RUN_STAMP).astimezone()
 
 
 def _timing(data_dir: Path, name: str) -> dict[str, Any] | None:
