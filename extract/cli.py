@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size",
         type=int,
         default=DEFAULTS["batch_size"],
-        help="images per forward pass [%(default)s]",
+        help="images per batch, and views per forward pass [%(default)s]",
     )
     run.add_argument(
         "--workers",

@@ -69,6 +69,17 @@ def test_ten_views_are_stored_per_view(image_folder, tmp_path):
         assert cache.view_names("test")[4] == "centre"
 
 
+def test_ten_views_do_not_depend_on_how_the_views_are_sliced(image_folder, tmp_path):
+    folder = image_folder(per_class=4)
+    feats = []
+    for batch in (2, 7):
+        cfg = _cfg(folder, tmp_path / str(batch), crops="10", batch_size=batch)
+        with FeatureCache(pipeline.run_extraction(cfg, progress=False).path) as cache:
+            feats.append(cache.features("test", "pool"))
+    assert feats[0].shape[1:] == (10, 1280)
+    np.testing.assert_allclose(feats[0], feats[1], atol=2e-3)
+
+
 def test_unreadable_image_is_named_or_skipped(image_folder, tmp_path):
     folder = image_folder(per_class=4)
     (folder / "dog" / "broken.jpg").write_bytes(b"not a jpeg")
