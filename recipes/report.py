@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -63,10 +64,9 @@ def params(run: Run) -> str:
     return text or "—"
 
 
-def cache_name(run: Run) -> str:
-    c = run["cache"]
-    views = c.get("views")
-    return f"{c.get('backbone')} {c.get('resolution')} px, views {views}"
+def px(run: Run) -> str:
+    """The cache's input resolution."""
+    return str(run["cache"].get("resolution", "—"))
 
 
 def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
@@ -81,6 +81,7 @@ def run_rows(runs: Sequence[Run], columns: Mapping[str, Callable[[Run], str]]) -
 
 COLUMNS: dict[str, Callable[[Run], str]] = {
     "dataset": lambda r: r["dataset"],
+    "px": px,
     "layers": layers,
     "head": lambda r: r["head"],
     "transform": lambda r: r["transform"],
@@ -174,14 +175,22 @@ def hertel(page: Page) -> None:
                  "averaged: MNIST **99.54 %**, CIFAR-10 **89.14 %**, CIFAR-100 **67.68 %**. "
                  "Ours: the head `mlp-alexnet` (4096-4096, dropout 0.5, Adam, 15 epochs) on "
                  "frozen EfficientNet-Lite0 features, beside the linear heads. MNIST at 112 "
-                 "px: like the paper's conv5, the heads read each tap's whole conv map (a 7x7 "
-                 "or 4x4 grid, `--pool none`, marked \"(grid)\"), not its average, one view "
+                 "and 160 px (the paper's 256 px is beyond a CPU): like the paper's conv5, the "
+                 "heads read each tap's whole conv map (block5: a 7x7 grid at 112 px, 10x10 at "
+                 "160; `--pool none`, marked \"(grid)\"), not its average, one view "
                  "per test image (corner crops shift a digit across the grid). CIFAR-10 JPEG "
                  "copy at 160 px, average-pooled: ten test views averaged, the centre column "
                  "one view; its other heads are section 1's. `mlp-alexnet` sweeps nothing, "
                  "so it has no validation score and validation cannot choose it. CIFAR-100 is "
                  "not run here: this workplace has no copy and no route to the download "
                  "(`DATASET=cifar100` fetches it on a user's machine).")
+    pick = chosen(page.select(("hertel",), lambda r: r["dataset"].startswith("mnist")))
+    if pick is not None:
+        p, n = pick["top1"], pick["n_test"]
+        page.add(f"Validation's MNIST pick: {layers(pick)} at {px(pick)} px, {pick['head']}, "
+                 f"{pct(p)} % test. One test digit is {100 / n:.2f} points; the standard "
+                 f"error of an accuracy of {pct(p)} % on {n:,} digits is "
+                 f"{100 * math.sqrt(p * (1 - p) / n):.2f} points.", "")
 
 
 def depth(page: Page) -> None:
@@ -311,7 +320,7 @@ def _met(run: Run, target: float) -> str:
 def _row(what: str, source: str, run: Run | None, target: float | None) -> Sequence[str]:
     if run is None:
         return (what, source, "not run yet", "—", "—")
-    ours = f"{top1(run)} ({run['backbone']}, {layers(run)}, {run['head']})"
+    ours = f"{top1(run)} ({run['backbone']} {px(run)} px, {layers(run)}, {run['head']})"
     centre = run.get("top1_centre")
     if centre is not None and run.get("test_views", 1) > 1:
         ours += f"; centre view {pct(centre)}"

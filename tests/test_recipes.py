@@ -54,7 +54,7 @@ def _metrics(run_id: str, tag: str, val: float | None, test: float, **extra) -> 
         "run_id": run_id, "tag": tag, "dataset": "ucmerced-jpg", "backbone": "efficientnet_lite0",
         "layers": ["pool"], "head": "svm", "transform": "standardize", "params": {"C": 0.1},
         "grid": [], "n_train": 1680, "top1": test, "top1_std": 0.01, "top1_centre": None,
-        "repeats": 5, "seconds": 1.0, "cache": {}, "command": f"fit {run_id}",
+        "repeats": 5, "seconds": 1.0, "cache": {"resolution": 224}, "command": f"fit {run_id}",
         "per_repeat": [{"val_scores": [] if val is None else [val - 0.1, val]}] * 5, **extra,
     }
 
@@ -72,7 +72,7 @@ def test_page_picks_by_validation_never_by_test(tmp_path: Path) -> None:
     assert report.chosen(runs)["run_id"] == "a"
     assert report.val_score(next(r for r in runs if r["run_id"] == "c")) is None
     page = report.render(tmp_path, tmp_path / "docs")
-    assert "| 90.00 ± 1.00 (efficientnet_lite0, pool, svm) | no (-7.00) | `iorga` |" in page
+    assert "| 90.00 ± 1.00 (efficientnet_lite0 224 px, pool, svm) | no (-7.00) | `iorga` |" in page
     assert "fit a\nfit b\nfit c" in page and "fit d" not in page
 
 
