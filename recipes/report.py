@@ -169,6 +169,10 @@ def durr(page: Page) -> None:
                  "C fixed); the others choose their hyperparameters on a validation split.")
 
 
+def mnist_runs(page: Page) -> list[Run]:
+    return page.select(("hertel",), lambda r: r["dataset"].startswith("mnist"))
+
+
 def hertel(page: Page) -> None:
     page.section("hertel", "2. Hertel et al.: a retrained AlexNet-style classifier",
                  "Source: frozen AlexNet-style conv layers, a retrained classifier, ten views "
@@ -184,7 +188,7 @@ def hertel(page: Page) -> None:
                  "so it has no validation score and validation cannot choose it. CIFAR-100 is "
                  "not run here: this workplace has no copy and no route to the download "
                  "(`DATASET=cifar100` fetches it on a user's machine).")
-    pick = chosen(page.select(("hertel",), lambda r: r["dataset"].startswith("mnist")))
+    pick = chosen(mnist_runs(page))
     if pick is not None:
         p, n = pick["top1"], pick["n_test"]
         page.add(f"Validation's MNIST pick: {layers(pick)} at {px(pick)} px, {pick['head']}, "
@@ -345,7 +349,7 @@ def summary(page: Page) -> list[Sequence[str]]:
                            lambda r, n=size: cifar(r) and r["n_train"] == n)
         rows.append(_row(f"CIFAR-10, {size:,} training images, best chosen on validation",
                          source, chosen(pool), target))
-    mnist = page.select(("hertel",), lambda r: r["dataset"].startswith("mnist"))
+    mnist = mnist_runs(page)
     rows.append(_row("MNIST, linear or MLP head chosen on validation", "99.54",
                      chosen(mnist), 99.54))
     for r in page.select(("hertel",), lambda r: r["head"] == "mlp-alexnet"):
