@@ -76,6 +76,21 @@ def test_page_picks_by_validation_never_by_test(tmp_path: Path) -> None:
     assert "fit a\nfit b\nfit c" in page and "fit d" not in page
 
 
+def test_mnist_pick_is_validations_and_names_a_better_test_score_apart(tmp_path: Path) -> None:
+    extra = {"dataset": "mnist", "n_test": 10000, "n_val": 6000, "repeats": 1}
+    for metrics in (_metrics("a", "hertel", val=0.996, test=0.9951, **extra),
+                    _metrics("b", "hertel", val=0.995, test=0.9960, **extra,
+                             backbone="efficientnet_lite2")):
+        run = tmp_path / "runs" / metrics["run_id"]
+        run.mkdir(parents=True)
+        (run / "metrics.json").write_text(json.dumps(metrics))
+    page = report.render(tmp_path, tmp_path / "docs")
+    assert "Validation's MNIST pick: efficientnet_lite0 pool at 224 px, svm, 99.51 % test" in page
+    assert "| 99.51 (efficientnet_lite0 224 px, pool, svm) | no (-0.03) | `hertel` |" in page
+    assert ("The best test score of the MNIST runs, 99.60 % (efficientnet_lite2 pool at 224 "
+            "px, svm, validation 99.50 %), is not the pick") in page
+
+
 def test_layers_label_marks_whole_conv_maps() -> None:
     pooled = {"layers": ["block6", "pool"], "cache": {"pool": "avg"}}
     grid = {"layers": ["block5"], "cache": {"pool": "none"}}
