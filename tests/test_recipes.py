@@ -59,14 +59,18 @@ def _metrics(run_id: str, tag: str, val: float | None, test: float, **extra) -> 
     }
 
 
-def test_page_picks_by_validation_never_by_test(tmp_path: Path) -> None:
-    for metrics in (_metrics("a", "iorga", val=0.95, test=0.90),
-                    _metrics("b", "iorga", val=0.90, test=0.99, head="logreg"),
-                    _metrics("c", "iorga", val=None, test=1.00, head="mlp-alexnet"),
-                    _metrics("d", "other", val=0.99, test=0.50)):
-        run = tmp_path / "runs" / metrics["run_id"]
+def _write_runs(data_dir: Path, *runs: dict) -> None:
+    for metrics in runs:
+        run = data_dir / "runs" / metrics["run_id"]
         run.mkdir(parents=True)
         (run / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_page_picks_by_validation_never_by_test(tmp_path: Path) -> None:
+    _write_runs(tmp_path, _metrics("a", "iorga", val=0.95, test=0.90),
+                _metrics("b", "iorga", val=0.90, test=0.99, head="logreg"),
+                _metrics("c", "iorga", val=None, test=1.00, head="mlp-alexnet"),
+                _metrics("d", "other", val=0.99, test=0.50))
     runs = report.load_runs(tmp_path, tag="iorga")
     assert {r["run_id"] for r in runs} == {"a", "b", "c"}
     assert report.chosen(runs)["run_id"] == "a"
@@ -78,12 +82,9 @@ def test_page_picks_by_validation_never_by_test(tmp_path: Path) -> None:
 
 def test_mnist_pick_is_validations_and_names_a_better_test_score_apart(tmp_path: Path) -> None:
     extra = {"dataset": "mnist", "n_test": 10000, "n_val": 6000, "repeats": 1}
-    for metrics in (_metrics("a", "hertel", val=0.996, test=0.9951, **extra),
-                    _metrics("b", "hertel", val=0.995, test=0.9960, **extra,
-                             backbone="efficientnet_lite2")):
-        run = tmp_path / "runs" / metrics["run_id"]
-        run.mkdir(parents=True)
-        (run / "metrics.json").write_text(json.dumps(metrics))
+    _write_runs(tmp_path, _metrics("a", "hertel", val=0.996, test=0.9951, **extra),
+                _metrics("b", "hertel", val=0.995, test=0.9960, **extra,
+                         backbone="efficientnet_lite2"))
     page = report.render(tmp_path, tmp_path / "docs")
     assert "Validation's MNIST pick: efficientnet_lite0 pool at 224 px, svm, 99.51 % test" in page
     assert "| 99.51 (efficientnet_lite0 224 px, pool, svm) | no (-0.03) | `hertel` |" in page
