@@ -195,19 +195,25 @@ def hertel(page: Page) -> None:
     if pick is not None:
         p, n = pick["top1"], pick["n_test"]
         v, n_val = val_score(pick), pick["n_val"]
-        text = (f"Validation's MNIST pick: {pick['backbone']} {layers(pick)} at {px(pick)} px, "
-                f"{pick['head']}, {pct(p)} % test. One test digit is {100 / n:.2f} points; the "
-                f"standard error of an accuracy of {pct(p)} % on {n:,} digits is "
-                f"{100 * math.sqrt(p * (1 - p) / n):.2f} points, and of its validation score "
-                f"({pct(v)} % on {n_val:,} images) {100 * math.sqrt(v * (1 - v) / n_val):.2f} "
-                "points.")
+        text = (f"Validation's MNIST pick: {_setup(pick)}, {pct(p)} % test. One test digit is "
+                f"{100 / n:.2f} points; the standard error of an accuracy of {pct(p)} % on "
+                f"{n:,} digits is {_stderr(p, n)} points, and of its validation score "
+                f"({pct(v)} % on {n_val:,} images) {_stderr(v, n_val)} points.")
         top = max(mnist, key=lambda r: r["top1"])
         if top["top1"] > p:
             text += (f" The best test score of the MNIST runs, {pct(top['top1'])} % "
-                     f"({top['backbone']} {layers(top)} at {px(top)} px, {top['head']}, "
-                     f"validation {pct(val_score(top))} %), is not the pick: reporting it "
-                     "would be choosing on the test set.")
+                     f"({_setup(top)}, validation {pct(val_score(top))} %), is not the pick: "
+                     "reporting it would be choosing on the test set.")
         page.add(text, "")
+
+
+def _setup(run: Run) -> str:
+    return f"{run['backbone']} {layers(run)} at {px(run)} px, {run['head']}"
+
+
+def _stderr(accuracy: float, n: int) -> str:
+    """Standard error of an accuracy measured on ``n`` samples, in points."""
+    return f"{100 * math.sqrt(accuracy * (1 - accuracy) / n):.2f}"
 
 
 def depth(page: Page) -> None:
