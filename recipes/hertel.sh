@@ -12,17 +12,16 @@
 # the centre view); its other heads are durr.sh's. The 4096-4096 heads come last (slow on
 # a CPU).
 source "$(dirname "$0")/lib.sh"
-mnist=$(features --dataset "$MNIST" --res 112 --pool none \
-  --layers block4,block5,block6)
-mnist160=$(features --dataset "$MNIST" --res 160 --pool none --layers block5,block6)
-mnist96=$(features --dataset "$MNIST" --res 96 --pool none --layers block5,block6)
-mnist128=$(features --dataset "$MNIST" --res 128 --pool none --layers block5)
-mnist_lite2=$(BACKBONE=efficientnet_lite2 features --dataset "$MNIST" --res 112 --pool none \
-  --layers block5,block6)
-mnist_lite2_96=$(BACKBONE=efficientnet_lite2 features --dataset "$MNIST" --res 96 --pool none \
-  --layers block5)
-mnist_lite1=$(BACKBONE=efficientnet_lite1 features --dataset "$MNIST" --res 112 --pool none \
-  --layers block5)
+mnist_grid() {  # an MNIST cache of whole conv maps
+  features --dataset "$MNIST" --pool none "$@"
+}
+mnist=$(mnist_grid --res 112 --layers block4,block5,block6)
+mnist160=$(mnist_grid --res 160 --layers block5,block6)
+mnist96=$(mnist_grid --res 96 --layers block5,block6)
+mnist128=$(mnist_grid --res 128 --layers block5)
+mnist_lite2=$(BACKBONE=efficientnet_lite2 mnist_grid --res 112 --layers block5,block6)
+mnist_lite2_96=$(BACKBONE=efficientnet_lite2 mnist_grid --res 96 --layers block5)
+mnist_lite1=$(BACKBONE=efficientnet_lite1 mnist_grid --res 112 --layers block5)
 cifar=$(features --dataset "$CIFAR10" --res 160 --crops test:10)
 
 for layer in block4 block5 block6; do
