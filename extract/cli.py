@@ -69,8 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--crops",
         default=DEFAULTS["crops"],
-        help="views per image: 1 (full image) or 10 (4 corners + centre, mirrored); "
-        "'test:10' for the test split only [%(default)s]",
+        help="views per image: 1 (full image), 5 (4 corners + centre) or 10 (those "
+        "mirrored too); 'test:10' for the test split only [%(default)s]",
     )
     run.add_argument(
         "--dtype",

@@ -1,4 +1,4 @@
-"""Test-time views: the full image resized, or ten crops (4 corners + centre, each mirrored).
+"""Views: the full image resized, five crops (4 corners + centre), or those ten with mirrors.
 
 Views are made as uint8 tensors (cheap to batch, pin and copy); normalisation to the
 backbone's mean/std happens on the device in :func:`normalize`.
@@ -24,7 +24,7 @@ TEN_CROP_NAMES = (
     "bottom_right_flip",
     "centre_flip",
 )
-VIEW_NAMES = {1: ("full",), 10: TEN_CROP_NAMES}
+VIEW_NAMES = {1: ("full",), 5: TEN_CROP_NAMES[:5], 10: TEN_CROP_NAMES}
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 
 
@@ -39,8 +39,9 @@ def _to_tensor(img: Image.Image) -> torch.Tensor:
 class MakeViews:
     """PIL image -> uint8 tensor [V, 3, size, size] (picklable for DataLoader workers).
 
-    One view: the whole image resized to ``size`` x ``size``. Ten views: resized to
-    ``size / crop_pct``, then the four corners and the centre of ``size``, each mirrored.
+    One view: the whole image resized to ``size`` x ``size``. Five views: resized to
+    ``size / crop_pct``, then the four corners and the centre of ``size``. Ten: those
+    five and their mirrors (mirrors suit photographs, not digits or text).
     """
 
     def __init__(self, size: int, views: int, interpolation: str, crop_pct: float) -> None:
@@ -58,7 +59,8 @@ class MakeViews:
         c = (big - s) // 2
         boxes = [(0, 0), (big - s, 0), (0, big - s), (big - s, big - s), (c, c)]
         crops = [_to_tensor(img.crop((x, y, x + s, y + s))) for x, y in boxes]
-        return torch.stack(crops + [t.flip(-1) for t in crops])
+        mirrors = [t.flip(-1) for t in crops] if self.views == 10 else []
+        return torch.stack(crops + mirrors)
 
 
 def normalize(batch: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:

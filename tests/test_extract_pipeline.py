@@ -173,7 +173,7 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(image_folder, tmp_path):
         (["run", "--backbone", "nope"], "'nope'"),
         (["run", "--layers", "nope"], "'nope'"),
         (["run", "--pool", "mean"], "unknown pool 'mean'; valid: avg, max, none"),
-        (["run", "--crops", "5"], "crops '5' is not valid; valid: 1, 10"),
+        (["run", "--crops", "3"], "crops '3' is not valid; valid: 1, 5, 10"),
         (["run", "--dtype", "int8"], "unknown dtype 'int8'; valid: float16, float32"),
         (["run", "--res", "abc"], "invalid int value: 'abc'"),
         (["run", "--dataset", "/no/such/dir"], "'/no/such/dir'"),

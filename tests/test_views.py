@@ -1,4 +1,4 @@
-"""Views: full-image resize and Hertel et al.'s ten crops."""
+"""Views: full-image resize, five crops and Hertel et al.'s ten crops."""
 
 import numpy as np
 import torch
@@ -29,6 +29,12 @@ def test_ten_crops_are_corners_centre_and_mirrors():
     assert torch.equal(out[4], full[:, 2:37, 2:37])
     for i in range(5):
         assert torch.equal(out[5 + i], out[i].flip(-1))
+
+
+def test_five_crops_are_the_ten_without_mirrors():
+    img = _image(40)
+    five = MakeViews(35, 5, "bicubic", 0.875)(img)
+    assert torch.equal(five, MakeViews(35, 10, "bicubic", 0.875)(img)[:5])
 
 
 def test_normalize_matches_the_usual_definition():
