@@ -69,6 +69,13 @@ def px(run: Run) -> str:
     return str(run["cache"].get("resolution", "—"))
 
 
+def views(run: Run) -> str:
+    """Views per image in the cache: one number, or train / test where they differ."""
+    counts = run["cache"].get("views", {})
+    train, test = counts.get("train", 1), counts.get("test", 1)
+    return str(train) if train == test else f"{train} / {test}"
+
+
 def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -83,6 +90,7 @@ COLUMNS: dict[str, Callable[[Run], str]] = {
     "dataset": lambda r: r["dataset"],
     "backbone": lambda r: r["backbone"].removeprefix("efficientnet_"),
     "px": px,
+    "views": views,
     "layers": layers,
     "head": lambda r: r["head"],
     "transform": lambda r: r["transform"],
@@ -208,7 +216,12 @@ def hertel(page: Page) -> None:
 
 
 def _setup(run: Run) -> str:
-    return f"{run['backbone']} {layers(run)} at {px(run)} px, {run['head']}"
+    return f"{run['backbone']} {layers(run)} at {px(run)} px{_several(run)}, {run['head']}"
+
+
+def _several(run: Run) -> str:
+    """", N views" where a cache holds several views per image, else nothing."""
+    return "" if views(run) == "1" else f", {views(run)} views"
 
 
 def _stderr(accuracy: float, n: int) -> str:
@@ -343,7 +356,8 @@ def _met(run: Run, target: float) -> str:
 def _row(what: str, source: str, run: Run | None, target: float | None) -> Sequence[str]:
     if run is None:
         return (what, source, "not run yet", "—", "—")
-    ours = f"{top1(run)} ({run['backbone']} {px(run)} px, {layers(run)}, {run['head']})"
+    ours = (f"{top1(run)} ({run['backbone']} {px(run)} px{_several(run)}, {layers(run)}, "
+            f"{run['head']})")
     centre = run.get("top1_centre")
     if centre is not None and run.get("test_views", 1) > 1:
         ours += f"; centre view {pct(centre)}"
