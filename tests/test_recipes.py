@@ -92,15 +92,18 @@ def test_mnist_pick_is_validations_and_names_a_better_test_score_apart(tmp_path:
             "px, svm, validation 99.50 %), is not the pick") in page
 
 
-def test_a_run_on_several_views_says_how_many(tmp_path: Path) -> None:
+def test_a_run_on_several_views_says_how_many_beside_its_one_view_twin(tmp_path: Path) -> None:
     extra = {"dataset": "mnist", "n_test": 10000, "n_val": 6000, "repeats": 1}
     crops = {"resolution": 112, "views": {"train": 5, "test": 5}}
     _write_runs(tmp_path, _metrics("a", "hertel", val=0.996, test=0.9951, **extra),
-                _metrics("b", "hertel", val=0.997, test=0.9958, **extra, cache=crops))
+                _metrics("b", "hertel", val=0.997, test=0.9958, **extra, cache=crops),
+                _metrics("c", "hertel", val=0.995, test=0.9940, **extra,
+                         cache={"resolution": 112, "views": {"train": 1, "test": 1}}))
     page = report.render(tmp_path, tmp_path / "docs")
     assert "Validation's MNIST pick: efficientnet_lite0 pool at 112 px, 5 views, svm" in page
     assert "| 99.58 (efficientnet_lite0 112 px, 5 views, pool, svm) | yes |" in page
     assert "| mnist | lite0 | 112 | 5 | pool | svm |" in page
+    assert "| lite0 | 112 | pool | svm | 99.50 → 99.70 | 99.40 → 99.58 | — |" in page
 
 
 def test_layers_label_marks_whole_conv_maps() -> None:
