@@ -88,6 +88,7 @@ def test_mnist_pick_is_validations_and_names_a_better_test_score_apart(tmp_path:
     page = report.render(tmp_path, tmp_path / "docs")
     assert "Validation's MNIST pick: efficientnet_lite0 pool at 224 px, svm, 99.51 % test" in page
     assert "| 99.51 (efficientnet_lite0 224 px, pool, svm) | no (-0.03) | `hertel` |" in page
+    assert "Its validation lead over the runner-up" in page
     assert ("The best test score of the MNIST runs, 99.60 % (efficientnet_lite2 pool at 224 "
             "px, svm, validation 99.50 %), is not the pick") in page
 
@@ -102,6 +103,8 @@ def test_a_run_on_several_views_says_how_many_beside_its_one_view_twin(tmp_path:
     page = report.render(tmp_path, tmp_path / "docs")
     assert "Validation's MNIST pick: efficientnet_lite0 pool at 112 px, 5 views, svm" in page
     assert "| 99.58 (efficientnet_lite0 112 px, 5 views, pool, svm) | yes |" in page
+    assert "Its validation lead over the runner-up (efficientnet_lite0 pool at 224 px, svm, " \
+           "99.51 % test) is 6 images." in page
     assert "| mnist | lite0 | 112 | 5 | pool | svm |" in page
     assert "| lite0 | 112 | pool | svm | 99.50 → 99.70 | 99.40 → 99.58 | — |" in page
 
@@ -111,3 +114,8 @@ def test_layers_label_marks_whole_conv_maps() -> None:
     grid = {"layers": ["block5"], "cache": {"pool": "none"}}
     assert report.layers(pooled) == "block6+pool"
     assert report.layers(grid) == "block5 (grid)"
+
+
+def test_a_score_equal_to_the_target_meets_it_despite_float_rounding() -> None:
+    assert report._met({"top1": 0.9954}, 99.54) == "yes"  # 100 * 0.9954 == 99.53999...
+    assert report._met({"top1": 0.9953}, 99.54) == "no (-0.01)"
