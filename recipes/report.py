@@ -69,6 +69,11 @@ def px(run: Run) -> str:
     return str(run["cache"].get("resolution", "—"))
 
 
+def backbone(run: Run) -> str:
+    """The backbone's short name: lite0, lite2, ..."""
+    return run["backbone"].removeprefix("efficientnet_")
+
+
 def views(run: Run) -> str:
     """Views per image in the cache: one number, or train / test where they differ."""
     counts = run["cache"].get("views", {})
@@ -88,7 +93,7 @@ def run_rows(runs: Sequence[Run], columns: Mapping[str, Callable[[Run], str]]) -
 
 COLUMNS: dict[str, Callable[[Run], str]] = {
     "dataset": lambda r: r["dataset"],
-    "backbone": lambda r: r["backbone"].removeprefix("efficientnet_"),
+    "backbone": backbone,
     "px": px,
     "views": views,
     "layers": layers,
@@ -233,7 +238,7 @@ def _views_effect(runs: Sequence[Run]) -> list[str]:
     pairs = [(single[twin(r)], r) for r in runs if views(r) != "1" and twin(r) in single]
     if not pairs:
         return []
-    rows = [(r["backbone"].removeprefix("efficientnet_"), px(r), layers(r), r["head"],
+    rows = [(backbone(r), px(r), layers(r), r["head"],
              f"{pct(val_score(a))} → {pct(val_score(r))}", f"{pct(a['top1'])} → {pct(r['top1'])}",
              pct(r.get("top1_centre"))) for a, r in pairs]
     return ["Views, one against several in training and test (the same backbone, size, tap "
