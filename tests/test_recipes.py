@@ -59,6 +59,9 @@ def _metrics(run_id: str, tag: str, val: float | None, test: float, **extra) -> 
     }
 
 
+MNIST = {"dataset": "mnist", "n_test": 10000, "n_val": 6000, "repeats": 1}
+
+
 def _write_runs(data_dir: Path, *runs: dict) -> None:
     for metrics in runs:
         run = data_dir / "runs" / metrics["run_id"]
@@ -81,9 +84,8 @@ def test_page_picks_by_validation_never_by_test(tmp_path: Path) -> None:
 
 
 def test_mnist_pick_is_validations_and_names_a_better_test_score_apart(tmp_path: Path) -> None:
-    extra = {"dataset": "mnist", "n_test": 10000, "n_val": 6000, "repeats": 1}
-    _write_runs(tmp_path, _metrics("a", "hertel", val=0.996, test=0.9951, **extra),
-                _metrics("b", "hertel", val=0.995, test=0.9960, **extra,
+    _write_runs(tmp_path, _metrics("a", "hertel", val=0.996, test=0.9951, **MNIST),
+                _metrics("b", "hertel", val=0.995, test=0.9960, **MNIST,
                          backbone="efficientnet_lite2"))
     page = report.render(tmp_path, tmp_path / "docs")
     assert "Validation's MNIST pick: efficientnet_lite0 pool at 224 px, svm, 99.51 % test" in page
@@ -94,11 +96,10 @@ def test_mnist_pick_is_validations_and_names_a_better_test_score_apart(tmp_path:
 
 
 def test_a_run_on_several_views_says_how_many_beside_its_one_view_twin(tmp_path: Path) -> None:
-    extra = {"dataset": "mnist", "n_test": 10000, "n_val": 6000, "repeats": 1}
     crops = {"resolution": 112, "views": {"train": 5, "test": 5}}
-    _write_runs(tmp_path, _metrics("a", "hertel", val=0.996, test=0.9951, **extra),
-                _metrics("b", "hertel", val=0.997, test=0.9958, **extra, cache=crops),
-                _metrics("c", "hertel", val=0.995, test=0.9940, **extra,
+    _write_runs(tmp_path, _metrics("a", "hertel", val=0.996, test=0.9951, **MNIST),
+                _metrics("b", "hertel", val=0.997, test=0.9958, **MNIST, cache=crops),
+                _metrics("c", "hertel", val=0.995, test=0.9940, **MNIST,
                          cache={"resolution": 112, "views": {"train": 1, "test": 1}}))
     page = report.render(tmp_path, tmp_path / "docs")
     assert "Validation's MNIST pick: efficientnet_lite0 pool at 112 px, 5 views, svm" in page
