@@ -4,23 +4,21 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from classify.errors import UsageError
 from classify.experiment import FitConfig, run_experiment
 from classify.features import DEFAULT_DATASET, DEFAULT_LAYERS
 from classify.heads import DEFAULT_HEAD, HEADS
 from classify.runs import format_results, load_runs
 from classify.transforms import DEFAULT_TRANSFORM, TRANSFORMS
 from classify.tsne import TsneConfig, make_tsne
-from extract.cache import CacheError
+from extract.cache import default_data_dir
+from extract.errors import FeatcacheError
 
-PROJECT_DATA = Path(__file__).resolve().parent.parent / "data"
 HYPERPARAMETERS = ("C", "hidden", "dropout", "weight_decay", "n_neighbors")
 
 
@@ -49,8 +47,8 @@ def _names(text: str) -> tuple[str, ...]:
 
 def _source_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", type=Path,
-                        default=Path(os.environ.get("DATA_DIR", PROJECT_DATA)),
-                        help="project data folder holding cache/ and runs/ (env DATA_DIR; "
+                        default=default_data_dir(),
+                        help="data folder holding cache/ and runs/ (env FEATCACHE_DATA_DIR; "
                         "default: %(default)s)")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--dataset", help=f"dataset name or unique prefix of its cache folder "
@@ -98,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     results = commands.add_parser("results", help="table of every run so far, best first")
     results.add_argument("--data-dir", type=Path,
-                         default=Path(os.environ.get("DATA_DIR", PROJECT_DATA)))
+                         default=default_data_dir())
     results.add_argument("--dataset", help="only datasets whose name starts with this")
     results.add_argument("--tag", help="only runs with this tag")
 
@@ -161,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "results":
             return _results(args)
         return _tsne(args)
-    except (UsageError, CacheError) as exc:
+    except FeatcacheError as exc:
         message = " ".join(str(exc).split())
         print(f"python -m classify {args.command}: error: {message}", file=sys.stderr)
-        return 2
+        return exc.exit_status

@@ -14,7 +14,6 @@ from typing import Any
 import joblib
 import numpy as np
 
-from classify.errors import UsageError
 from classify.features import DEFAULT_LAYERS, Block, Part, open_cache, read, resolve_cache
 from classify.heads import DEFAULT_HEAD, HEADS, build_head
 from classify.plots import plot_confusion
@@ -23,6 +22,7 @@ from classify.runs import METRICS, new_run_dir, write_json
 from classify.splits import per_class, stratified_split, stratified_subset
 from classify.transforms import DEFAULT_TRANSFORM, TRANSFORMS
 from extract.cache import FeatureCache
+from extract.errors import UsageError
 
 logger = logging.getLogger(__name__)
 

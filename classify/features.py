@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from classify.errors import UsageError
-from extract.cache import CacheError, FeatureCache, find_caches
+from extract.cache import FeatureCache, find_caches
+from extract.errors import CacheError, UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -126,11 +126,11 @@ def _read_part(cache: FeatureCache, part: Part, layers: Sequence[str]) -> np.nda
 
 
 def read(cache: FeatureCache, parts: Sequence[Part], layers: Sequence[str]) -> Block:
-    """Features and labels of ``parts`` (rows in each part sorted), concatenated in order."""
+    """Features and labels of ``parts``, rows in the order given, concatenated in order."""
     views = {tuple(cache.view_names(p.split)) for p in parts}
     if len(views) > 1:
         raise UsageError(f"splits {[p.split for p in parts]} hold different views {sorted(views)}")
-    y = np.concatenate([cache.labels(p.split)[np.sort(p.rows)] for p in parts])
+    y = np.concatenate([cache.labels(p.split)[p.rows] for p in parts])
     if len(parts) == 1:
         X = _read_part(cache, parts[0], layers)
     else:

@@ -11,10 +11,10 @@ import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.utils._param_validation import InvalidParameterError
 
-from classify.errors import UsageError
 from classify.knn import CosineKNN
 from classify.linear import LinearSVM, SoftmaxRegression
 from classify.mlp import MLPHead
+from extract.errors import UsageError
 
 C_GRID = tuple(float(c) for c in np.logspace(-4, 1, 11))
 

@@ -25,8 +25,8 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 from tqdm.auto import tqdm
 
-from classify.errors import UsageError
 from classify.splits import stratified_split
+from extract.errors import UsageError
 
 logger = logging.getLogger(__name__)
 

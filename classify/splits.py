@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from classify.errors import UsageError
+from extract.errors import UsageError
 
 
 def stratified_split(

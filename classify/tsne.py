@@ -12,12 +12,12 @@ import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
 
-from classify.errors import UsageError
 from classify.features import DEFAULT_LAYERS, Part, open_cache, read, resolve_cache
 from classify.plots import plot_map
 from classify.runs import slug
 from classify.splits import stratified_subset
 from classify.transforms import Standardize
+from extract.errors import UsageError
 
 logger = logging.getLogger(__name__)
 

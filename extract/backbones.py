@@ -24,15 +24,16 @@ from torchvision.models.feature_extraction import (
 )
 
 from .efficientnet_lite import LITE_VARIANTS, build_lite, lite_tracer_kwargs, lite_weights_file
+from .errors import EnvironmentFault, UsageError
 
 log = logging.getLogger(__name__)
 
 
-class UnknownNameError(ValueError):
+class UnknownNameError(UsageError):
     """An unknown backbone or layer name; the message lists the valid ones."""
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(EnvironmentFault):
     """Pretrained weights could not be downloaded; the message says which file goes where."""
 
 

@@ -34,14 +34,30 @@ import h5py
 import numpy as np
 from filelock import FileLock, Timeout
 
+from .errors import CacheError
+
 FORMAT_VERSION = 1
 SUFFIX = ".h5"
 READ_ROWS = 16384
 _RESERVED = ("labels", "ids", "features")
 
 
-class CacheError(Exception):
-    """A cache is missing, incomplete, corrupt, locked or of another format version."""
+DATA_DIR_ENV = "FEATCACHE_DATA_DIR"
+
+
+def default_data_dir() -> Path:
+    """Where both stages keep caches, downloads and runs unless told otherwise.
+
+    ``$FEATCACHE_DATA_DIR`` if set; else ``data/`` of the source checkout the packages run
+    from (a ``pyproject.toml`` beside them); else ``~/.cache/featcache``. Never the working
+    directory, so both stages find the same files from anywhere.
+    """
+    if os.environ.get(DATA_DIR_ENV):
+        return Path(os.environ[DATA_DIR_ENV]).expanduser()
+    checkout = Path(__file__).resolve().parents[1]
+    if (checkout / "pyproject.toml").is_file():
+        return checkout / "data"
+    return Path.home() / ".cache" / "featcache"
 
 
 @dataclass(frozen=True)
@@ -177,18 +193,21 @@ class FeatureCache:
         self,
         split: str,
         layers: str | Sequence[str],
-        rows: np.ndarray | None = None,
+        rows: np.ndarray | Sequence[int] | None = None,
     ) -> np.ndarray:
-        """float32 features of ``layers`` (concatenated on the last axis), optionally a row subset.
+        """float32 features of ``layers`` (concatenated on the last axis), of ``rows`` in the
+        order given (all rows when None).
 
         Reads in blocks, so memory peaks at one float32 result plus one stored-dtype block.
         """
         names = [layers] if isinstance(layers, str) else list(layers)
         sets = [self._dataset(split, name) for name in names]
         n = sets[0].shape[0]
-        idx = np.arange(n) if rows is None else np.sort(np.asarray(rows, dtype=np.int64))
-        if idx.size and (idx[0] < 0 or idx[-1] >= n):
+        idx = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64).ravel()
+        if idx.size and (idx.min() < 0 or idx.max() >= n):
             raise CacheError(f"row index out of range for split {split!r} with {n} rows")
+        order = np.argsort(idx, kind="stable")
+        ordered = idx[order]
         mid = sets[0].shape[1:-1]
         widths = [ds.shape[-1] for ds in sets]
         out = np.empty((idx.size, *mid, sum(widths)), dtype=np.float32)
@@ -200,12 +219,11 @@ class FeatureCache:
                 if rows is None:  # contiguous fast path: no fancy indexing
                     out[lo : lo + READ_ROWS, ..., col : col + width] = ds[lo : lo + READ_ROWS]
                     continue
-                sel = idx[(idx >= lo) & (idx < lo + READ_ROWS)]
-                if sel.size == 0:
+                a, b = np.searchsorted(ordered, [lo, lo + READ_ROWS])
+                if a == b:
                     continue
                 block = ds[lo : min(lo + READ_ROWS, n)]
-                dst = np.searchsorted(idx, sel)
-                out[dst, ..., col : col + width] = block[sel - lo]
+                out[order[a:b], ..., col : col + width] = block[ordered[a:b] - lo]
             col += width
         return out
 

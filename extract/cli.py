@@ -10,11 +10,11 @@ from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
 
-from .backbones import UnknownNameError, WeightsUnavailableError, get_spec, list_backbones
-from .cache import CacheError, FeatureCache
+from .backbones import get_spec, list_backbones
+from .cache import FeatureCache, default_data_dir
 from .config import DEVICES, DTYPES, POOLS, ExtractConfig
 from .datasets import DATASETS
-from .errors import UsageError
+from .errors import FeatcacheError
 from .pictures import show as show_pictures
 from .pipeline import describe_layers, run_extraction
 
@@ -95,9 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--data-dir",
         type=Path,
-        default=DEFAULTS["data_dir"],
+        default=default_data_dir(),
         help="where caches and downloads go, and where existing dataset copies are "
-        "looked for [%(default)s]",
+        "looked for (env FEATCACHE_DATA_DIR) [%(default)s]",
     )
     run.add_argument(
         "--skip-bad",
@@ -196,9 +196,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         commands = {"run": _run, "layers": _layers, "list": _list, "show": _show}
         commands[args.command](args)
-    except (UsageError, UnknownNameError, CacheError, WeightsUnavailableError) as exc:
+    except FeatcacheError as exc:
         print(f"extract: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_status
     except KeyboardInterrupt:
         print(
             "extract: interrupted; finished shards are kept; re-run the same command to resume",

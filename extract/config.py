@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from .cache import default_data_dir
 from .errors import UsageError
 from .views import VIEW_NAMES
 
@@ -27,7 +28,7 @@ class ExtractConfig:
     batch_size: int = 32
     workers: int | None = None
     device: str = "auto"
-    data_dir: Path = Path("data")
+    data_dir: Path = field(default_factory=default_data_dir)
     skip_bad: bool = False
     force: bool = False
     test_fraction: float = 0.2

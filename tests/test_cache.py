@@ -72,7 +72,7 @@ def test_round_trip_and_row_subsets(tmp_path):
         full = cache.features("train", "pool")
         assert full.dtype == np.float32
         np.testing.assert_array_equal(full, train["features"]["pool"])
-        np.testing.assert_array_equal(cache.features("train", "pool", rows=[7, 3]), full[[3, 7]])
+        np.testing.assert_array_equal(cache.features("train", "pool", rows=[7, 3]), full[[7, 3]])
         assert cache.features("train", ["pool", "pool"]).shape == (20, 8)
         with pytest.raises(CacheError, match=r"layer 'nope'.*valid: \['pool'\]"):
             cache.features("train", "nope")

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from test_classify_synthetic import blobs, write_synthetic
 
-from classify.errors import UsageError
 from classify.experiment import FitConfig, plan_rows, run_experiment
 from classify.features import Block
 from classify.linear import LinearSVM, SoftmaxRegression
@@ -19,6 +18,7 @@ from classify.protocol import choose, class_scores, evaluate, refit
 from classify.runs import format_results, load_runs, new_run_dir
 from classify.transforms import Standardize
 from extract.cache import FeatureCache
+from extract.errors import UsageError
 
 
 def _fit(tmp: Path, **kw) -> dict:
