@@ -6,7 +6,7 @@ import logging
 import shlex
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,14 +14,16 @@ from typing import Any
 import joblib
 import numpy as np
 
+from classify.engines import Engine, LocalEngine, engine_session
 from classify.features import DEFAULT_LAYERS, Block, Part, open_cache, read, resolve_cache
-from classify.heads import DEFAULT_HEAD, HEADS, build_head
+from classify.heads import DEFAULT_HEAD, HEADS, SWEPT, build_head
 from classify.plots import plot_confusion
-from classify.protocol import Selection, choose, evaluate, refit
+from classify.protocol import evaluate, select_and_refit
 from classify.runs import METRICS, new_run_dir, write_json
 from classify.splits import per_class, stratified_split, stratified_subset
 from classify.transforms import DEFAULT_TRANSFORM, TRANSFORMS
 from extract.cache import FeatureCache
+from extract.distributed import check_engine
 from extract.errors import UsageError
 
 logger = logging.getLogger(__name__)
@@ -50,10 +52,12 @@ class FitConfig:
     val_size: float = 0.1
     seed: int = 0
     jobs: int = 2
+    engine: str = "local"
     tag: str | None = None
     command: str = ""
 
     def __post_init__(self) -> None:
+        check_engine(self.engine)
         if self.model not in HEADS:
             raise UsageError(f"unknown head {self.model!r}; valid: {', '.join(HEADS)}")
         if self.transform not in TRANSFORMS:
@@ -137,46 +141,60 @@ def _check_cache(cache: FeatureCache, config: FitConfig) -> None:
 
 
 def _one_repeat(
-    cache: FeatureCache, config: FitConfig, seed: int, clock: list[float]
+    read_rows: Callable[[Sequence[Part]], Block], config: FitConfig, seed: int,
+    train: Sequence[Part], test: Sequence[Part], n_classes: int, engine: Engine,
 ) -> tuple[dict[str, Any], Any]:
+    """Choose, refit and test on the rows ``read_rows`` gives for ``train`` and ``test``."""
     head, grid = build_head(config.model, config.params, seed)
     transform = TRANSFORMS[config.transform](config.dim)
-    train, test = plan_rows(cache, config, seed)
-    n_train = sum(len(p.rows) for p in train)
-    selection, n_val = Selection(), 0
-    if grid:
-        try:
-            fit_at, val_at = stratified_split(
-                _labels(cache, train), config.val_size, seed, what="validation split"
-            )
-        except UsageError as exc:
-            raise UsageError(f"{exc}; fix {', '.join(grid)} to skip the sweep") from None
-        n_val = len(val_at)
-        selection = choose(
-            head, transform, grid,
-            _read(cache, _take(train, fit_at), config.layers, clock),
-            _read(cache, _take(train, val_at), config.layers, clock),
-            n_jobs=config.jobs,
-        )
-    block = _read(cache, train, config.layers, clock)
-    start = time.perf_counter()
-    model = refit(head, transform, selection.params, block)
-    fit_seconds = time.perf_counter() - start
+    block = read_rows(train)
+    n_train = len(block.y)
+    try:
+        model, record = select_and_refit(head, transform, grid, block, seed=seed,
+                                         val_size=config.val_size, engine=engine, copy=False)
+    except UsageError as exc:
+        fix = ", ".join(SWEPT[name].option if name in SWEPT else name for name in grid)
+        raise UsageError(f"{exc}; fix {fix} to skip the sweep") from None
     del block
-    result = evaluate(model, _read(cache, test, config.layers, clock), len(cache.class_names))
-    result.update(
-        seed=seed,
-        params={**config.params, **selection.params},
-        grid=selection.grid,
-        val_scores=selection.val_scores,
-        select_seconds=selection.seconds,
-        fit_seconds=fit_seconds,
-        n_train=n_train,
-        n_val=n_val,
-        head_params=model[-1].get_params(),
-    )
+    result = evaluate(model, read_rows(test), n_classes)
+    result.update(record, seed=seed, params={**config.params, **record["params"]},
+                  n_train=n_train, head_params=model[-1].get_params())
     logger.info("seed %d: test top-1 %.4f", seed, result["top1"])
     return result, model
+
+
+def _gather(features: Mapping[str, Block], parts: Sequence[Part]) -> Block:
+    """A copy of the rows ``parts`` of whole-split blocks, in order."""
+    return Block(np.concatenate([features[p.split].X[p.rows] for p in parts]),
+                 np.concatenate([features[p.split].y[p.rows] for p in parts]),
+                 features[parts[0].split].view_names)
+
+
+def _repeat_task(features: Mapping[str, Block], job: tuple) -> tuple[dict[str, Any], Any]:
+    config, seed, train, test, n_classes = job
+    return _one_repeat(lambda parts: _gather(features, parts), config, seed, train, test,
+                       n_classes, LocalEngine(1))
+
+
+def _repeats(
+    cache: FeatureCache, config: FitConfig, clock: list[float], engine: Engine
+) -> list[tuple[dict[str, Any], Any]]:
+    """Every repeat: in turn, each reading its rows from the cache; or, on Ray with several
+    repeats, as Ray tasks sharing the cache's features, put in the object store once."""
+    n_classes = len(cache.class_names)
+    plans = [(seed, *plan_rows(cache, config, seed))
+             for seed in range(config.seed, config.seed + config.n_repeats)]
+    if engine.name == "local" or len(plans) == 1:
+        def read_rows(parts: Sequence[Part]) -> Block:
+            return _read(cache, parts, config.layers, clock)
+
+        return [_one_repeat(read_rows, config, seed, train, test, n_classes, engine)
+                for seed, train, test in plans]
+    splits = sorted({p.split for _, train, test in plans for p in [*train, *test]})
+    features = {s: _read(cache, [Part(s, np.arange(len(cache.labels(s))))], config.layers, clock)
+                for s in splits}
+    jobs = [(config, seed, train, test, n_classes) for seed, train, test in plans]
+    return engine.map_shared(_repeat_task, [features], jobs)[0]
 
 
 def _mean(results: Sequence[Mapping[str, Any]], key: str) -> float | None:
@@ -191,14 +209,11 @@ def run_experiment(config: FitConfig) -> tuple[Path, dict[str, Any]]:
     path = resolve_cache(config.data_dir, config.dataset, config.cache, config.layers)
     logger.info("cache %s", path)
     clock: list[float] = []
-    with open_cache(path, config.layers) as cache:
+    with open_cache(path, config.layers) as cache, engine_session(config.engine,
+                                                                  config.jobs) as engine:
         _check_cache(cache, config)
-        results, model = [], None
-        for repeat in range(config.n_repeats):
-            result, fitted = _one_repeat(cache, config, config.seed + repeat, clock)
-            results.append(result)
-            if model is None:
-                model = fitted
+        repeats = _repeats(cache, config, clock, engine)
+        results, model = [result for result, _ in repeats], repeats[0][1]
         meta = {k: cache.meta[k] for k in META_KEYS if k in cache.meta}
         class_names = list(cache.class_names)
         fingerprint = cache.fingerprint

@@ -1,4 +1,5 @@
-"""The head registry: one table, name -> constructor, swept grid and user-settable options."""
+"""The head registry: one table, name -> constructor, swept grid and user-settable options;
+and one table of the swept hyperparameters: their option names and how far a grid may grow."""
 
 from __future__ import annotations
 
@@ -17,6 +18,29 @@ from classify.mlp import MLPHead
 from extract.errors import UsageError
 
 C_GRID = tuple(float(c) for c in np.logspace(-4, 1, 11))
+WEIGHT_DECAY_GRID = (1e-5, 1e-4, 1e-3)
+
+
+@dataclass(frozen=True)
+class Swept:
+    """A swept hyperparameter: how users fix it, and the bounds its grid may be extended to
+    (``None``: never extended, e.g. the MLP's epochs, bounded by its schedule)."""
+
+    option: str
+    flag: str
+    bounds: tuple[float, float] | None
+
+
+SWEPT: Mapping[str, Swept] = MappingProxyType({
+    "C": Swept("C", "--C", (1e-6, 1e3)),
+    "weight_decay": Swept("WEIGHT_DECAY", "--weight-decay", (1e-8, 1e-1)),
+    "n_neighbors": Swept("NEIGHBORS", "--neighbors", (1, 1000)),
+    "epochs": Swept("EPOCHS", "--epochs", None),
+})
+
+
+def _epochs(n: int) -> tuple[int, ...]:
+    return tuple(range(1, n + 1))
 
 
 @dataclass(frozen=True)
@@ -48,23 +72,23 @@ _SPECS = (
     HeadSpec(
         "mlp",
         MLPHead,
-        {"weight_decay": (1e-5, 1e-4, 1e-3)},
-        ("hidden", "dropout", "weight_decay"),
-        "MLP 512, dropout 0.5, Adam, cosine annealing, early stopping",
+        {"weight_decay": WEIGHT_DECAY_GRID, "epochs": _epochs(30)},
+        ("hidden", "dropout", "weight_decay", "epochs"),
+        "MLP 512, dropout 0.5, Adam, cosine schedule of 30 epochs; weight decay and epochs chosen",
     ),
     HeadSpec(
         "mlp-alexnet",
         lambda: MLPHead(hidden=(4096, 4096), dropout=0.5, weight_decay=5e-4, max_epochs=15),
         {},
-        ("hidden", "dropout", "weight_decay"),
+        ("hidden", "dropout", "weight_decay", "epochs"),
         "AlexNet-style head 4096-4096, dropout 0.5, 15 epochs (Hertel et al.); slow on CPU",
     ),
     HeadSpec(
         "mlp-ucmerced",
         lambda: MLPHead(hidden=(84, 63, 42), dropout=0.5, max_epochs=15, batch_size=32),
-        {"weight_decay": (1e-5, 1e-4, 1e-3)},
-        ("hidden", "dropout", "weight_decay"),
-        "84-63-42 chain, dropout, Adam, 15 epochs (Iorga & Neagoe, UC Merced)",
+        {"weight_decay": WEIGHT_DECAY_GRID, "epochs": _epochs(15)},
+        ("hidden", "dropout", "weight_decay", "epochs"),
+        "84-63-42 chain, dropout, Adam, up to 15 epochs (Iorga & Neagoe, UC Merced)",
     ),
     HeadSpec(
         "knn",

@@ -56,4 +56,5 @@ class CosineKNN(ClassifierMixin, BaseEstimator):
         return out
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        return self.classes_[self.predict_proba(X).argmax(axis=1)]
+        proba = self.predict_proba(X)
+        return self.classes_[proba.argmax(axis=1)]

@@ -1,18 +1,20 @@
 """A small PyTorch MLP head on the CPU with a scikit-learn face.
 
-Adam with L2 weight decay, dropout after every hidden layer, cosine learning-rate annealing
-over ``max_epochs``, early stopping on a stratified validation split carved inside ``fit``
-(best weights restored). Randomness comes from ``random_state`` through a ``torch.Generator``.
+Adam with L2 weight decay, dropout after every hidden layer, and a cosine learning-rate schedule
+over ``max_epochs`` of which ``fit`` trains ``epochs`` (all by default) on every row it is given:
+no hold-out inside ``fit``. The protocol chooses ``epochs`` on its validation split like any
+other hyperparameter: ``fit_path`` trains once and hands out the model after each epoch.
+Randomness comes from ``random_state`` through a ``torch.Generator``.
 Training runs its matrix products in bfloat16 (weights and optimiser state stay float32) where
 the CPU multiplies bfloat16 natively (AVX512-BF16, AMX): about three times faster there.
 """
 
 from __future__ import annotations
 
-import copy
 import itertools
 import logging
 import math
+from collections.abc import Iterator, Sequence
 from numbers import Integral, Real
 from typing import ClassVar
 
@@ -25,12 +27,12 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 from tqdm.auto import tqdm
 
-from classify.splits import stratified_split
-from extract.errors import UsageError
+from classify.engines import torch_threads
 
 logger = logging.getLogger(__name__)
 
 EVAL_BLOCK = 8192
+SMALL_PRODUCT = 2**22  # rows x features x hidden units below which one thread is faster
 
 
 class _Net(torch.nn.Module):
@@ -66,7 +68,10 @@ def _training_precision(precision: str) -> str:
 
 
 class MLPHead(ClassifierMixin, BaseEstimator):
-    """Multi-layer perceptron classifier trained with Adam on the CPU."""
+    """Multi-layer perceptron classifier trained with Adam on the CPU.
+
+    ``epochs`` (default: ``max_epochs``) epochs of a cosine schedule ``max_epochs`` long.
+    """
 
     _parameter_constraints: ClassVar[dict] = {
         "hidden": ["array-like"],
@@ -75,11 +80,11 @@ class MLPHead(ClassifierMixin, BaseEstimator):
         "lr": [Interval(Real, 0, None, closed="neither")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "max_epochs": [Interval(Integral, 1, None, closed="left")],
-        "patience": [Interval(Integral, 1, None, closed="left")],
-        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
+        "epochs": [Interval(Integral, 1, None, closed="left"), None],
         "precision": [StrOptions({"auto", "float32", "bfloat16"})],
         "random_state": ["random_state"],
     }
+    path_param: ClassVar[str] = "epochs"
 
     def __init__(
         self,
@@ -90,8 +95,7 @@ class MLPHead(ClassifierMixin, BaseEstimator):
         lr: float = 1e-3,
         batch_size: int = 256,
         max_epochs: int = 30,
-        patience: int = 4,
-        validation_fraction: float = 0.1,
+        epochs: int | None = None,
         precision: str = "auto",
         random_state: int | None = None,
     ) -> None:
@@ -101,8 +105,7 @@ class MLPHead(ClassifierMixin, BaseEstimator):
         self.lr = lr
         self.batch_size = batch_size
         self.max_epochs = max_epochs
-        self.patience = patience
-        self.validation_fraction = validation_fraction
+        self.epochs = epochs
         self.precision = precision
         self.random_state = random_state
 
@@ -113,89 +116,92 @@ class MLPHead(ClassifierMixin, BaseEstimator):
                 f"The 'hidden' parameter of {type(self).__name__} must be a sequence of "
                 f"positive ints. Got {self.hidden!r} instead."
             )
+        if self.epochs is not None and self.epochs > self.max_epochs:
+            raise InvalidParameterError(
+                f"The 'epochs' parameter of {type(self).__name__} must be at most "
+                f"max_epochs={self.max_epochs}. Got {self.epochs!r} instead."
+            )
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> MLPHead:
+        """Train ``epochs`` epochs on all of ``X``; returns ``self``."""
         self._validate_params()
+        for _ in self._train(X, y, self.epochs or self.max_epochs):
+            pass
+        return self
+
+    def fit_path(
+        self, X: np.ndarray, y: np.ndarray, values: Sequence[int]
+    ) -> Iterator[tuple[dict[str, int], MLPHead]]:
+        """Train ``max(values)`` epochs once; after each epoch in ``values`` yield
+        ``({"epochs": e}, self)``, ready to predict until the next one is asked for."""
+        self._validate_params()
+        wanted = set(values)
+        if max(wanted) > self.max_epochs:
+            raise InvalidParameterError(
+                f"epochs {max(wanted)} exceed max_epochs={self.max_epochs} of "
+                f"{type(self).__name__}"
+            )
+        for epoch in self._train(X, y, max(wanted)):
+            if epoch in wanted:
+                self.epochs = epoch
+                yield {"epochs": epoch}, self
+
+    def _train(self, X: np.ndarray, y: np.ndarray, epochs: int) -> Iterator[int]:
+        """Train ``epochs`` epochs; after each, leave a usable model and yield its number."""
         X, y = validate_data(self, X, y, dtype=np.float32, order="C")
         check_classification_targets(y)
         self.classes_, codes = np.unique(y, return_inverse=True)
         seed = int(check_random_state(self.random_state).randint(2**31 - 1))
         generator = torch.Generator().manual_seed(seed)
-        try:
-            rows, held = stratified_split(
-                codes, self.validation_fraction, seed, what="early-stopping split"
-            )
-        except UsageError:
-            rows, held = np.arange(len(codes)), np.zeros(0, dtype=np.int64)
-            logger.info("too few samples to stop early: training %d epochs", self.max_epochs)
         features = torch.from_numpy(X)
         targets = torch.from_numpy(codes)
-        rows = torch.from_numpy(rows)
         sizes = [X.shape[1], *map(int, self.hidden), len(self.classes_)]
         net = _Net(sizes, self.dropout, generator)
         optimizer = torch.optim.Adam(
             net.parameters(), lr=self.lr, weight_decay=self.weight_decay, fused=True
         )
-        steps = math.ceil(len(rows) / self.batch_size)
+        steps = math.ceil(len(X) / self.batch_size)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, self.max_epochs * steps)
         self.loss_curve_: list[float] = []
-        self.validation_loss_: list[float] = []
-        best, best_state, waited = math.inf, None, 0
         self.precision_ = _training_precision(self.precision)
-        low = torch.autocast("cpu", torch.bfloat16, enabled=self.precision_ == "bfloat16")
-        for _ in tqdm(range(self.max_epochs), desc="mlp epochs", leave=False, disable=None):
-            net.train()
-            order = rows[torch.randperm(len(rows), generator=generator)]
-            total = 0.0
-            for lo in range(0, len(order), self.batch_size):
-                batch = order[lo : lo + self.batch_size]
-                with low:
-                    logits = net(features[batch], generator)
-                loss = torch.nn.functional.cross_entropy(logits.float(), targets[batch])
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                schedule.step()
-                total += loss.item() * len(batch)
-            self.loss_curve_.append(total / len(order))
-            if len(held) == 0:
-                continue
-            val_loss = self._loss(net, features[held], targets[held])
-            self.validation_loss_.append(val_loss)
-            if val_loss < best - 1e-4:
-                best, best_state, waited = val_loss, copy.deepcopy(net.state_dict()), 0
-            else:
-                waited += 1
-                if waited >= self.patience:
-                    break
-        if best_state is not None:
-            net.load_state_dict(best_state)
-        net.eval()
         self.module_ = net
-        self.n_iter_ = len(self.loss_curve_)
-        return self
+        low = torch.autocast("cpu", torch.bfloat16, enabled=self.precision_ == "bfloat16")
+        threads = self._threads(min(self.batch_size, len(X)))
+        for epoch in tqdm(range(1, epochs + 1), desc="mlp epochs", leave=False, disable=None):
+            net.train()
+            order = torch.randperm(len(X), generator=generator)
+            total = 0.0
+            with torch_threads(threads):
+                for lo in range(0, len(order), self.batch_size):
+                    batch = order[lo : lo + self.batch_size]
+                    with low:
+                        logits = net(features[batch], generator)
+                    loss = torch.nn.functional.cross_entropy(logits.float(), targets[batch])
+                    optimizer.zero_grad()
+                    loss.backward()
+                    optimizer.step()
+                    schedule.step()
+                    total += loss.item() * len(batch)
+            self.loss_curve_.append(total / len(order))
+            net.eval()
+            self.n_iter_ = epoch
+            yield epoch
 
-    @staticmethod
-    def _loss(net: _Net, X: torch.Tensor, y: torch.Tensor) -> float:
-        net.eval()
-        with torch.no_grad():
-            total = sum(
-                torch.nn.functional.cross_entropy(
-                    net(X[lo : lo + EVAL_BLOCK]), y[lo : lo + EVAL_BLOCK], reduction="sum"
-                ).item()
-                for lo in range(0, len(X), EVAL_BLOCK)
-            )
-        return total / len(X)
+    def _threads(self, rows: int) -> int:
+        """One torch thread where the products are too small to share out."""
+        work = rows * self.n_features_in_ * max(map(int, self.hidden))
+        return 1 if work < SMALL_PRODUCT else torch.get_num_threads()
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         check_is_fitted(self)
         X = validate_data(self, X, dtype=np.float32, reset=False)
         out = np.empty((len(X), len(self.classes_)), dtype=np.float32)
-        with torch.no_grad():
+        with torch.no_grad(), torch_threads(self._threads(min(len(X), EVAL_BLOCK))):
             for lo in range(0, len(X), EVAL_BLOCK):
                 logits = self.module_(torch.from_numpy(X[lo : lo + EVAL_BLOCK]))
                 out[lo : lo + len(logits)] = torch.softmax(logits, dim=1).numpy()
         return out
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        return self.classes_[self.predict_proba(X).argmax(axis=1)]
+        proba = self.predict_proba(X)
+        return self.classes_[proba.argmax(axis=1)]

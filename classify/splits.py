@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from extract.errors import UsageError
+
+MIN_HOLDOUT = 1000
+CV_FOLDS = 5
 
 
 def stratified_split(
@@ -53,3 +58,39 @@ def per_class(y: np.ndarray, shots: int, seed: int) -> np.ndarray:
             )
         picks.append(rng.choice(members, size=shots, replace=False))
     return np.sort(np.concatenate(picks))
+
+
+@dataclass(frozen=True)
+class ValidationPlan:
+    """How hyperparameters are chosen: the method's name and its (fit, validation) folds."""
+
+    method: str
+    folds: list[tuple[np.ndarray, np.ndarray]]
+
+    @property
+    def n_val(self) -> int:
+        """Validation scores per candidate: held-out rows, or every row once under k-fold."""
+        return sum(len(val) for _, val in self.folds)
+
+
+def validation_plan(
+    y: np.ndarray, val_size: float, seed: int, *, min_holdout: int = MIN_HOLDOUT,
+    folds: int = CV_FOLDS,
+) -> ValidationPlan:
+    """A stratified hold-out of ``val_size`` of the rows where that is at least ``min_holdout``
+    rows, else stratified ``folds``-fold cross-validation (fewer folds where a class is
+    smaller). Rows are images: all views of one stay on one side."""
+    held = round(val_size * len(y))
+    if held >= min_holdout:
+        fit, val = stratified_split(y, val_size, seed, what="validation split")
+        return ValidationPlan(f"holdout {100 * val_size:g}%", [(fit, val)])
+    labels, sizes = np.unique(y, return_counts=True)
+    k = min(folds, int(sizes.min()))
+    if k < 2:
+        raise UsageError(
+            f"cannot carve a validation split from {len(y)} training samples: class "
+            f"{labels[sizes.argmin()]} has only {sizes.min()} (stratified k-fold "
+            "cross-validation needs at least 2 per class)"
+        )
+    splitter = StratifiedKFold(k, shuffle=True, random_state=seed)
+    return ValidationPlan(f"{k}-fold CV", list(splitter.split(np.zeros(len(y)), y)))

@@ -1,7 +1,9 @@
-"""Feature transforms fitted on training rows only; they work blockwise on float32 in place.
+"""Feature transforms fitted on training rows only; they work blockwise on float32.
 
 scikit-learn's ``StandardScaler`` builds a float64 temporary the size of its input while it
-fits, and ``PCA`` centres a copy; these versions keep memory at the input plus one block.
+fits, and ``PCA`` centres a copy; these versions keep memory at the input plus one block
+(``Standardize(copy=False)`` transforms in place). Output is float32 whatever the input
+dtype (the ``preserves_dtype`` tag says so).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import ClassVar
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.preprocessing import FunctionTransformer, Normalizer
+from sklearn.utils import Tags
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted, validate_data
 
@@ -32,7 +35,16 @@ def _mean(X: np.ndarray) -> np.ndarray:
     return total / len(X)
 
 
-class Standardize(TransformerMixin, BaseEstimator):
+class _Float32Transform(TransformerMixin, BaseEstimator):
+    """Computes in float32 and returns float32."""
+
+    def __sklearn_tags__(self) -> Tags:
+        tags = super().__sklearn_tags__()
+        tags.transformer_tags.preserves_dtype = ["float32"]
+        return tags
+
+
+class Standardize(_Float32Transform):
     """Zero mean, unit variance per feature (constant features are only centred)."""
 
     _parameter_constraints: ClassVar[dict] = {"copy": ["boolean"]}
@@ -62,7 +74,7 @@ class Standardize(TransformerMixin, BaseEstimator):
         return X
 
 
-class PCAWhiten(TransformerMixin, BaseEstimator):
+class PCAWhiten(_Float32Transform):
     """Centre, project on the top ``n_components`` principal axes, scale each to unit variance."""
 
     _parameter_constraints: ClassVar[dict] = {

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from test_classify_synthetic import blobs, write_synthetic
 
+from classify.engines import LocalEngine
 from classify.experiment import FitConfig, plan_rows, run_experiment
 from classify.features import Block
 from classify.linear import LinearSVM, SoftmaxRegression
@@ -46,17 +47,18 @@ def test_the_test_split_never_chooses(tmp_path: Path) -> None:
 
 
 def test_choose_sees_only_what_it_is_given() -> None:
+    """Same rows, one thread or two: the same choice; the caller's arrays are not touched."""
     X, y = blobs(400, classes=3, dim=8, spread=1.5, seed=0)
-    Xv, yv = blobs(100, classes=3, dim=8, spread=1.5, seed=1)
-    grid = {"C": (1e-4, 1e-2, 1.0)}
-
-    def blocks():
-        return Block(X.copy()[:, None], y, ["full"]), Block(Xv.copy()[:, None], yv, ["full"])
-
-    first = choose(LinearSVM(), Standardize(), grid, *blocks(), n_jobs=2)
-    second = choose(LinearSVM(), Standardize(), grid, *blocks(), n_jobs=1)
+    original = X.copy()
+    grid = {"C": (1e-4, 1.0)}
+    first = choose(LinearSVM(), Standardize(), grid, Block(X[:, None], y, ["full"]),
+                   engine=LocalEngine(2))
+    second = choose(LinearSVM(), Standardize(), grid, Block(X[:, None], y, ["full"]),
+                    engine=LocalEngine(1))
+    np.testing.assert_array_equal(X, original)
     assert first.params == second.params and first.val_scores == second.val_scores
     assert first.grid == [{"C": c} for c in grid["C"]]
+    assert first.method == "5-fold CV" and first.n_val == 400
 
 
 def test_fixed_value_skips_the_sweep(tmp_path: Path) -> None:
@@ -78,7 +80,8 @@ def test_views_average_at_test_time(tmp_path: Path) -> None:
 def test_training_views_stay_together(tmp_path: Path) -> None:
     path = write_synthetic(tmp_path, train_views=10, test_views=10, n_train=120)
     m = _fit(tmp_path, cache=path, model="svm")
-    assert m["n_train"] == 120 and m["n_val"] == 12
+    assert m["n_train"] == 120
+    assert m["per_repeat"][0]["selection"] == "5-fold CV" and m["n_val"] == 120
     assert m["top1"] == 1.0 and m["top1_centre"] == 1.0
 
 
@@ -199,17 +202,25 @@ def test_results_table_best_first_and_filtered(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("head", [LinearSVM(C=1.0), SoftmaxRegression(C=1.0)],
                          ids=["svm", "logreg"])
-def test_refit_keeps_one_float32_copy(head) -> None:
+def test_refit_keeps_one_float32_copy_when_it_owns_the_block(head) -> None:
     X, y = blobs(40_000, classes=4, dim=128, spread=2.0, seed=0)
     X_test, y_test = blobs(2000, classes=4, dim=128, spread=2.0, seed=1)
     block = Block(X[:, None], y, ["full"])
     tracemalloc.start()
-    model = refit(head, Standardize(), {}, block)
+    model = refit(head, Standardize(), {}, block, copy=False)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert np.shares_memory(block.X, X)
     assert peak < 0.5 * X.nbytes, f"numpy peak {peak / X.nbytes:.2f} x the training features"
     assert model.score(X_test, y_test) > 0.9
+
+
+def test_refit_leaves_the_callers_features_alone() -> None:
+    X, y = blobs(300, classes=3, dim=8, seed=0)
+    original = X.copy()
+    model = refit(LinearSVM(), Standardize(), {"C": 1.0}, Block(X[:, None], y, ["full"]))
+    np.testing.assert_array_equal(X, original)
+    assert model.score(X, y) == 1.0
 
 
 def test_no_transform_keeps_raw_features(tmp_path: Path) -> None:
