@@ -25,6 +25,7 @@ from torchvision.models.feature_extraction import (
 
 from .efficientnet_lite import LITE_VARIANTS, build_lite, lite_tracer_kwargs, lite_weights_file
 from .errors import EnvironmentFault, UsageError
+from .views import Preprocess
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,10 @@ class BackboneSpec:
     weights_file: Callable[[], Path | None] = field(repr=False, compare=False)
     tracer_kwargs: Callable[[], dict] = field(repr=False, compare=False, default=dict)
     default_layer: str = "pool"
+
+    def preprocess(self, resolution: int | None = None) -> Preprocess:
+        return Preprocess(resolution or self.input_size, self.interpolation, self.crop_pct,
+                          self.mean, self.std)
 
 
 def _lite(variant: str) -> BackboneSpec:

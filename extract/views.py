@@ -7,6 +7,7 @@ backbone's mean/std happens on the device in :func:`normalize`.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -68,3 +69,20 @@ def normalize(batch: torch.Tensor, mean: Sequence[float], std: Sequence[float]) 
     m = torch.tensor(mean, device=batch.device).view(3, 1, 1) * 255.0
     s = torch.tensor(std, device=batch.device).view(3, 1, 1) * 255.0
     return (batch.float() - m) / s
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How a backbone's weights want their input: size, resize rule, normalisation."""
+
+    crop_size: int
+    interpolation: str
+    crop_pct: float
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def describe(self) -> dict:
+        return {"rule": "squash-1/resize-crop-5-10", **asdict(self)}
+
+    def views(self, n: int) -> MakeViews:
+        return MakeViews(self.crop_size, n, self.interpolation, self.crop_pct)
