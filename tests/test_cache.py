@@ -181,7 +181,7 @@ def test_assembly_needs_every_shard_then_removes_them(tmp_path):
     plans = {"train": SplitPlan(data["ids"], data["labels"], ("full",), specs)}
     path = tmp_path / "c.h5"
     _write(store, specs[0], data)
-    with pytest.raises(CacheError, match="2 shards .* missing"):
+    with pytest.raises(CacheError, match=r"2 shards .* missing"):
         assemble(path, store, plans, {"pool": {"node": "x"}}, {"class_names": ["a", "b"]})
     assert not path.exists()
     for spec in specs[1:]:

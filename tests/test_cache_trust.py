@@ -198,7 +198,7 @@ def test_a_damaged_cache_is_never_a_hit(image_folder, tmp_path, damage):
     assert not second.cached and second.path == first.path
     assert len(list(first.path.parent.glob("*.damaged-*"))) == 1
     rebuilt = _features(second.path)
-    for split, (ids, labels, feats) in clean.items():
+    for split, (ids, _, feats) in clean.items():
         np.testing.assert_array_equal(rebuilt[split][0], ids)
         np.testing.assert_array_equal(rebuilt[split][2], feats)
 

@@ -11,8 +11,7 @@ import pytest
 from filelock import FileLock
 
 import extract.pipeline as pipeline
-from extract import plan, worker
-from extract import cli
+from extract import cli, plan, worker
 from extract.cache import FeatureCache
 from extract.config import ExtractConfig
 from extract.errors import UsageError
