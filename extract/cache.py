@@ -17,9 +17,9 @@ Integrity: every chunk carries a Fletcher32 checksum (HDF5 checks it on each rea
 :meth:`FeatureCache.verify` finds a deleted group, a truncated file or flipped bytes.
 
 Crash safety: a file at its final path is always complete. Rows are computed into shards
-(``extract/shards.py``); :func:`assemble` writes ``<path>.tmp`` from them in a child process
-(HDF5 cannot be closed cleanly after a failed write, and crashed the interpreter on a full
-disk), then fsyncs and renames it into place.
+(``extract/shards.py``); :func:`assemble` writes ``<path>.tmp`` from them in a child
+interpreter (HDF5 cannot be closed cleanly after a failed write: on a full disk it crashed
+the interpreter), then fsyncs and renames it into place.
 """
 
 from __future__ import annotations
@@ -29,8 +29,10 @@ import errno
 import hashlib
 import json
 import logging
-import multiprocessing
 import os
+import pickle
+import subprocess
+import sys
 import traceback
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -344,23 +346,28 @@ def assemble(path: Path, store: ShardStore, plans: Mapping[str, SplitPlan],
 
 
 def _run_child(job: _AssemblyJob) -> None:
-    ctx = multiprocessing.get_context("spawn")
-    receive, send = ctx.Pipe(duplex=False)
-    child = ctx.Process(target=_assembly_child, args=(send, job), daemon=True)
-    child.start()
-    send.close()
+    """Run :func:`_write_file` in a fresh interpreter (not multiprocessing, which would
+    re-import a user's ``__main__``) and turn its outcome into the right error."""
+    package_root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (package_root, os.environ.get("PYTHONPATH")) if p)}
+    child = subprocess.run(
+        [sys.executable, "-c", "from extract.cache import _assembly_main; _assembly_main()"],
+        input=pickle.dumps(job), capture_output=True, env=env,
+        check=False,
+    )
     try:
-        outcome = receive.recv()
-    except EOFError:
-        outcome = ("bug", None, "the assembling process died")
-    child.join()
-    kind, code, message = outcome
+        kind, code, message = pickle.loads(child.stdout)
+    except (pickle.UnpicklingError, EOFError, ValueError):
+        kind, code, message = "bug", None, child.stderr.decode(errors="replace")[-4000:]
     if kind == "ok":
         return
     if kind == "cache":
         raise CacheError(message)
     if kind == "bug":
-        raise RuntimeError(f"assembling {job.tmp} failed (exit code {child.exitcode}):\n{message}")
+        raise RuntimeError(
+            f"assembling {job.tmp} failed (exit code {child.returncode}):\n{message}"
+        )
     if code in FULL_DISK:
         raise EnvironmentFault(
             f"disk full while writing {job.tmp.with_suffix('')}: {message}; free space and "
@@ -369,28 +376,22 @@ def _run_child(job: _AssemblyJob) -> None:
     raise EnvironmentFault(f"cannot write {job.tmp.with_suffix('')}: {message}")
 
 
-def _assembly_child(conn: Any, job: _AssemblyJob) -> None:
-    """Child process: write ``job.tmp``, report, and leave without HDF5's exit handlers.
-
-    Its stderr goes nowhere: after a failed write HDF5 prints tracebacks as it tears down;
-    what matters reaches the parent through ``conn``.
-    """
-    os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+def _assembly_main() -> None:
+    """The child: a job on stdin, the outcome on stdout, then exit without HDF5's handlers
+    (after a failed write, tearing HDF5 down printed tracebacks and crashed)."""
+    job = pickle.loads(sys.stdin.buffer.read())
     try:
         _write_file(job)
-        conn.send(("ok", None, ""))
-        status = 0
+        outcome = ("ok", None, "")
     except CacheError as exc:
-        conn.send(("cache", None, str(exc)))
-        status = 1
+        outcome = ("cache", None, str(exc))
     except OSError as exc:
-        conn.send(("os", exc.errno or errno.EIO, exc.strerror or str(exc)))
-        status = 1
+        outcome = ("os", exc.errno or errno.EIO, exc.strerror or str(exc))
     except Exception as exc:
-        conn.send(("bug", None, "".join(traceback.format_exception(exc)).strip()))
-        status = 1
-    conn.close()
-    os._exit(status)
+        outcome = ("bug", None, "".join(traceback.format_exception(exc)).strip())
+    sys.stdout.buffer.write(pickle.dumps(outcome))
+    sys.stdout.flush()
+    os._exit(0 if outcome[0] == "ok" else 1)
 
 
 def _write_file(job: _AssemblyJob) -> None:

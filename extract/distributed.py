@@ -44,7 +44,11 @@ def ray_session(workers: int | None = None) -> Iterator[ModuleType]:
         return
     address = os.environ.get("RAY_ADDRESS") or None
     local = {} if address else {"num_cpus": workers or os.cpu_count() or 1}
-    ray.init(address=address, include_dashboard=False, log_to_driver=False, **local)
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, **local)
+    except ConnectionError as exc:
+        raise EnvironmentFault(f"cannot reach the Ray cluster at RAY_ADDRESS={address}: {exc}"
+                               ) from None
     try:
         yield ray
     finally:
