@@ -81,7 +81,7 @@ class CacheKey:
     def path(self, root: Path | str) -> Path:
         """``<root>/cache/<dataset>/<backbone>-r<res>-<views>-<pool>-<dtype>-<hash>.h5``."""
         name = (
-            f"{self.backbone}-r{self.resolution}-{self.views}-{self.pool}-{self.dtype}"
+            f"{_slug(self.backbone)}-r{self.resolution}-{self.views}-{self.pool}-{self.dtype}"
             f"-{self.digest()[:10]}{SUFFIX}"
         )
         return Path(root) / "cache" / _slug(self.dataset) / name

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .cache import default_data_dir
 from .errors import UsageError
-from .views import VIEW_NAMES
+from .preprocess import VIEW_NAMES
 
 POOLS = ("avg", "max", "none")
 DTYPES = ("float16", "float32")

@@ -21,7 +21,7 @@ from .cache import CacheKey, CacheWriter, FeatureCache, SplitPlan
 from .config import FLATTEN_LIMIT, ExtractConfig
 from .datasets import ImageDataset, Split, open_dataset
 from .errors import UsageError
-from .views import MakeViews, normalize, view_names
+from .preprocess import MakeViews, normalize, view_names
 
 log = logging.getLogger(__name__)
 SHARD_BATCHES = 16
@@ -139,9 +139,9 @@ def run_extraction(cfg: ExtractConfig, *, progress: bool = True) -> ExtractResul
         "weights_sha256": backbone_sha256(spec) or "random-init",
         "resolution": key.resolution,
         "interpolation": spec.interpolation,
-        "crop_pct": spec.crop_pct,
         "mean": list(spec.mean),
         "std": list(spec.std),
+        "preprocess": spec.preprocess(key.resolution).describe(),
         "views": views,
         "pool": cfg.pool,
         "dtype": cfg.dtype,
@@ -189,8 +189,7 @@ class _Runner:
 
     def _loader(self, split: Split, rows: np.ndarray, views: int, native: int | None) -> DataLoader:
         on_gpu = self.device.type == "cuda"
-        size = native if on_gpu and views == 1 and native and native < self.res else self.res
-        make = MakeViews(size, views, self.spec.interpolation, self.spec.crop_pct)
+        make = self.spec.preprocess(self.res).views(views)
         workers = self.cfg.workers
         if workers is None:
             workers = min(8, torch.get_num_threads()) if on_gpu else 1
