@@ -142,6 +142,7 @@ def run_extraction(cfg: ExtractConfig, *, progress: bool = True) -> ExtractResul
         "mean": list(spec.mean),
         "std": list(spec.std),
         "preprocess": spec.preprocess(key.resolution).describe(),
+        "fingerprint_mode": dataset.fingerprint_mode,
         "views": views,
         "pool": cfg.pool,
         "dtype": cfg.dtype,
