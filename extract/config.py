@@ -9,13 +9,13 @@ from pathlib import Path
 from .cache import default_data_dir
 from .distributed import ENGINES
 from .errors import UsageError
+from .layouts import FINGERPRINT_MODES as FINGERPRINTS
+from .preprocess import VIEW_NAMES
 from .shards import SHARD_ROWS
-from .views import VIEW_NAMES
 
 POOLS = ("avg", "max", "none")
 DTYPES = ("float16", "float32")
 DEVICES = ("auto", "cpu", "cuda")
-FINGERPRINTS = ("stat", "content")
 FLATTEN_LIMIT = 100_000
 RESOLUTION_RANGE = (16, 2048)
 MAX_SEED = 2**32 - 1

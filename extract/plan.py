@@ -16,8 +16,8 @@ from .cache import PIPELINE_VERSION, CacheKey, SplitPlan
 from .config import ExtractConfig
 from .datasets import ImageDataset, open_dataset
 from .errors import UsageError
+from .preprocess import view_names
 from .shards import ShardStore, shard_specs
-from .views import view_names
 
 PACKAGES = ("torch", "torchvision", "timm", "h5py", "numpy", "pillow", "featcache")
 
@@ -104,9 +104,8 @@ def _rebuild_command(cfg: ExtractConfig) -> str:
 def plan_extraction(cfg: ExtractConfig) -> ExtractPlan:
     """Everything that names the cache file; loads no model unless its weights must be fetched."""
     spec = get_spec(cfg.backbone)
-    dataset = open_dataset(
-        cfg.dataset, cfg.data_dir, test_fraction=cfg.test_fraction, seed=cfg.seed
-    )
+    dataset = open_dataset(cfg.dataset, cfg.data_dir, test_fraction=cfg.test_fraction,
+                           seed=cfg.seed, fingerprint=cfg.fingerprint)
     try:
         dataset = dataset.limited(cfg.limit, cfg.seed)
     except ValueError as exc:
@@ -121,7 +120,6 @@ def plan_extraction(cfg: ExtractConfig) -> ExtractPlan:
     preprocess = spec.preprocess(cfg.resolution)
     resolution = cfg.resolution or spec.input_size
     sha = _weights_sha256(spec.name)
-    fingerprint_mode = dataset.extra.get("fingerprint_mode", "arrays")
     key = CacheKey(
         dataset=dataset.name,
         dataset_fingerprint=dataset.fingerprint,
@@ -139,7 +137,7 @@ def plan_extraction(cfg: ExtractConfig) -> ExtractPlan:
         "dataset": dataset.name,
         "dataset_source": dataset.source,
         "dataset_fingerprint": dataset.fingerprint,
-        "fingerprint_mode": fingerprint_mode,
+        "fingerprint_mode": dataset.fingerprint_mode,
         "split_rule": dataset.split_rule,
         "class_names": dataset.class_names,
         "backbone": spec.name,
@@ -157,7 +155,7 @@ def plan_extraction(cfg: ExtractConfig) -> ExtractPlan:
         "command": shlex.join(sys.argv),
         "rebuild": _rebuild_command(cfg),
         "fingerprint": key.digest(),
-        **{f"dataset_{k}": v for k, v in dataset.extra.items() if k != "fingerprint_mode"},
+        **{f"dataset_{k}": v for k, v in dataset.extra.items()},
     }
     for name, split in dataset.splits.items():
         if len(split) == 0:

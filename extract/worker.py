@@ -21,8 +21,8 @@ from .backbones import load_backbone, make_feature_extractor
 from .config import FLATTEN_LIMIT
 from .errors import UsageError
 from .plan import ExtractPlan
+from .preprocess import normalize
 from .shards import ShardSpec, ShardStore
-from .views import normalize
 
 log = logging.getLogger(__name__)
 PREFETCH_BATCHES = 4
