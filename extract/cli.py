@@ -40,8 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--dataset",
         default=DEFAULTS["dataset"],
-        help=f"registered name ({', '.join(DATASETS)}) or an ImageFolder directory "
-        "(train/ and test/ subfolders are taken as splits) [%(default)s]",
+        help=f"registered name ({', '.join(DATASETS)}), a folder of class folders (train/, "
+        "val/, test/ subfolders are taken as splits), or a CSV manifest path,label[,split] "
+        "[%(default)s]",
     )
     run.add_argument(
         "--name",
@@ -52,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--backbone",
         default=DEFAULTS["backbone"],
-        help="registered backbone (see `list`) or any torchvision model name [%(default)s]",
+        help="registered backbone (see `list`), any torchvision model name, or "
+        "timm/<model> [%(default)s]",
     )
     run.add_argument(
         "--layers",
@@ -207,10 +209,12 @@ def _layers(args: argparse.Namespace) -> None:
 
 
 def _list(_: argparse.Namespace) -> None:
-    print("backbones:", ", ".join(list_backbones()), "(or any torchvision model name)")
+    print("backbones:", ", ".join(list_backbones()),
+          "(or any torchvision model name, or timm/<model>)")
     for name, entry in DATASETS.items():
         print(f"dataset {name:<9} {entry.description}")
-    print("dataset <dir>     any ImageFolder directory")
+    print("dataset <dir>     a folder of class folders, optionally under train/ val/ test/")
+    print("dataset <x.csv>   a manifest: path,label[,split], paths relative to it")
 
 
 def _show(args: argparse.Namespace) -> None:
