@@ -206,9 +206,10 @@ def _tell_apart(matches: list[Candidate]) -> str:
     if differ:
         hint = ", ".join(f"{o.make}=" for o in differ) + " or CACHE="
         return hint + ": " + "; ".join(c.describe(differ) for c in matches)
-    return "DATASET=<its path> or CACHE=: " + "; ".join(_identity(c) for c in matches)
+    key = "dataset" if len({c.meta.get("dataset") for c in matches}) > 1 else "dataset_source"
+    return "DATASET= or CACHE=: " + "; ".join(_identity(c, key) for c in matches)
 
 
-def _identity(c: Candidate) -> str:
-    return (f"DATASET={shlex.quote(str(c.meta.get('dataset_source')))} (dataset "
+def _identity(c: Candidate, key: str) -> str:
+    return (f"DATASET={shlex.quote(str(c.meta.get(key)))} (data "
             f"{str(c.meta.get('dataset_fingerprint'))[:8]}, CACHE={shlex.quote(str(c.path))})")

@@ -114,12 +114,13 @@ def test_the_makefile_passes_only_the_cache_options_given() -> None:
                               cwd=ROOT, capture_output=True, text=True)
         return next(line for line in done.stdout.splitlines() if "classify fit" in line)
 
-    plain = dry("DATASET=digits")
+    plain = shlex.split(dry("DATASET=digits"))
     assert "--backbone" not in plain and "--pool" not in plain and "--skip-existing" not in plain
-    given = dry("DATASET=digits", "BACKBONE=vgg16", "RES=64", "CROPS=test:10", "POOL=max",
-                "DTYPE=float32", "SKIP_EXISTING=1")
-    for option in ("--backbone vgg16", "--res 64", "--crops test:10", "--pool max",
-                   "--dtype float32", "--skip-existing"):
+    given = " ".join(shlex.split(dry("DATASET=my digits", "BACKBONE=vgg16", "RES=64",
+                                     "CROPS=test:10", "POOL=max", "DTYPE=float32",
+                                     "SKIP_EXISTING=1")))
+    for option in ("--dataset my digits", "--backbone vgg16", "--res 64", "--crops test:10",
+                   "--pool max", "--dtype float32", "--skip-existing"):
         assert option in given
 
 
@@ -138,3 +139,15 @@ def test_classify_a_folder_after_extracting_it(tmp_path: Path, capsys) -> None:
     runs = sorted((data / "runs").iterdir())
     assert {json.loads((r / "metrics.json").read_text())["cache"]["path"] for r in runs} == {
         str(cache.resolve())}
+
+
+def test_two_extractions_of_one_folder_are_told_apart_by_their_names(tmp_path: Path) -> None:
+    folder = write_image_folder(tmp_path / "images")
+    data = tmp_path / "data"
+    whole = _folder_cache(data, folder)
+    named = write_synthetic(data, dataset="pets", source=str(folder.resolve()),
+                            fingerprint=open_dataset(str(folder), data).fingerprint)
+    message = _error(data, CacheQuery(str(folder)))
+    assert "DATASET=images (data" in message and "DATASET=pets (data" in message
+    assert resolve_cache(data, CacheQuery("pets")) == named
+    assert resolve_cache(data, CacheQuery("images")) == whole
