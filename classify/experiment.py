@@ -55,11 +55,6 @@ class FitConfig:
     data_dir: Path
     dataset: str | None = None
     cache: Path | None = None
-    backbone: str | None = None
-    resolution: int | None = None
-    crops: str | None = None
-    pool: str | None = None
-    dtype: str | None = None
     model: str = DEFAULT_HEAD
     layers: tuple[str, ...] = DEFAULT_LAYERS
     transform: str = DEFAULT_TRANSFORM
@@ -75,6 +70,11 @@ class FitConfig:
     tag: str | None = None
     command: str = ""
     skip_existing: bool = False
+    backbone: str | None = None  # these five narrow `dataset` to one of its caches
+    resolution: int | None = None
+    crops: str | None = None
+    pool: str | None = None
+    dtype: str | None = None
 
     def __post_init__(self) -> None:
         if self.model not in HEADS:
