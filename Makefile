@@ -102,7 +102,7 @@ classify: $(STAMP)
 	$(BIN)/python -m classify fit $(CLASSIFY_ARGS)
 
 results: $(STAMP)
-	$(BIN)/python -m classify results $(call opt,--data-dir,$(DATA_DIR)) $(if $(filter command line,$(origin DATASET)),--dataset $(DATASET))
+	$(BIN)/python -m classify results $(call opt,--data-dir,$(DATA_DIR)) $(if $(filter command line,$(origin DATASET)),--dataset $(call q,$(DATASET)))
 
 tsne: $(STAMP)
 	$(BIN)/python -m classify tsne $(SOURCE) --layer $(LAYER) $(call opt,--data-dir,$(DATA_DIR))

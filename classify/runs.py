@@ -191,5 +191,7 @@ def format_results(runs: Sequence[Run]) -> str:
         blocks.append("\n".join([title, *lines]))
     return "\n\n".join(blocks) + (
         "\n\nSorted by validation top-1 (runs with fixed hyperparameters have none and follow, "
-        "oldest first); test top-1 is shown, never used to rank."
+        "oldest first); test top-1 is shown, never used to rank. 95% CI: Wilson on the test "
+        "count; with repeats (mean±sd), the wider of Wilson on the pooled counts and "
+        "Student-t over the repeats."
     )
