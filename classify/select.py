@@ -11,7 +11,6 @@ error naming the command or the options that settle it.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import shlex
 from collections.abc import Sequence
@@ -177,11 +176,9 @@ def _fingerprint(path: str, data_dir: Path, meta: dict[str, Any]) -> str:
     """The dataset's fingerprint as extraction computes it today, in the cache's mode."""
     from extract.datasets import open_dataset
 
-    options: dict[str, Any] = {}
-    if "fingerprint" in inspect.signature(open_dataset).parameters:
-        options["fingerprint"] = meta.get("fingerprint_mode", "stat")
-    dataset = open_dataset(path, data_dir, **options)
-    if meta.get("dataset_limit") is not None:
+    dataset = open_dataset(path, data_dir, fingerprint=meta.get("fingerprint_mode", "stat"))
+    if meta.get("dataset_limit") is not None:  # extraction's seed is 0 unless the cache says
+
         dataset = dataset.limited(int(meta["dataset_limit"]), int(meta.get("seed", 0)))
     return dataset.fingerprint
 

@@ -22,10 +22,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _folder_cache(data_dir: Path, folder: Path, **kw) -> Path:
-    """A cache that says it was extracted from ``folder`` as it is now."""
-    fingerprint = open_dataset(str(folder), data_dir).fingerprint
-    return write_synthetic(data_dir, dataset=folder.name, source=str(folder.resolve()),
-                           fingerprint=fingerprint, **kw)
+    """A cache that says it was extracted from ``folder`` (or a CSV manifest) as it is now."""
+    dataset = open_dataset(str(folder), data_dir)
+    return write_synthetic(data_dir, dataset=dataset.name, source=dataset.source,
+                           fingerprint=dataset.fingerprint, **kw)
 
 
 def _error(data_dir: Path, query: CacheQuery) -> str:
@@ -151,3 +151,15 @@ def test_two_extractions_of_one_folder_are_told_apart_by_their_names(tmp_path: P
     assert "DATASET=images (data" in message and "DATASET=pets (data" in message
     assert resolve_cache(data, CacheQuery("pets")) == named
     assert resolve_cache(data, CacheQuery("images")) == whole
+
+
+def test_a_csv_manifest_is_found_by_its_path(tmp_path: Path, monkeypatch) -> None:
+    folder = write_image_folder(tmp_path / "imgs")
+    manifest = tmp_path / "labels.csv"
+    manifest.write_text("path,label\n" + "".join(
+        f"{p},{p.parent.name}\n" for p in sorted(folder.rglob("*.jpg"))))
+    data = tmp_path / "data"
+    cache = _folder_cache(data, manifest)
+    monkeypatch.chdir(tmp_path)
+    assert resolve_cache(data, CacheQuery("labels.csv")) == cache
+    assert resolve_cache(data, CacheQuery("labels")) == cache
