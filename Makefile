@@ -41,6 +41,7 @@ REPEATS   ?=
 RESPLIT   ?=
 SEED      ?= 0
 CACHE     ?=
+SKIP_EXISTING ?=
 
 # q: one shell word, whatever the value holds (spaces, quotes); opt: an option if given
 q = '$(subst ','\'',$(1))'
@@ -55,14 +56,20 @@ EXTRACT_ARGS = --dataset $(call q,$(DATASET)) --backbone $(call q,$(BACKBONE)) \
 	$(call opt,--data-dir,$(DATA_DIR)) $(call opt,--res,$(RES)) $(call opt,--limit,$(LIMIT)) \
 	$(call flag,--skip-bad,$(SKIP_BAD)) $(call flag,--force,$(FORCE))
 
-SOURCE = $(if $(strip $(CACHE)),--cache $(call q,$(CACHE)),--dataset $(call q,$(DATASET)))
+# Stage two narrows DATASET= by a cache option only where it is given on the command line.
+given = $(if $(and $(filter command line,$(origin $(2))),$(strip $($(2)))),$(1) $(call q,$($(2))))
+CACHE_OPTIONS = $(call given,--backbone,BACKBONE) $(call given,--res,RES) \
+	$(call given,--crops,CROPS) $(call given,--pool,POOL) $(call given,--dtype,DTYPE)
+SOURCE = $(if $(strip $(CACHE)),--cache $(call q,$(CACHE)),--dataset $(call q,$(DATASET)) \
+	$(CACHE_OPTIONS))
 
 CLASSIFY_ARGS = $(SOURCE) --model $(MODEL) --layer $(LAYER) --seed $(SEED) \
 	$(call opt,--data-dir,$(DATA_DIR)) $(call opt,--C,$(C)) $(call opt,--train-size,$(TRAIN_SIZE)) \
 	$(call opt,--shots,$(SHOTS)) $(call opt,--hidden,$(HIDDEN)) $(call opt,--dropout,$(DROPOUT)) \
 	$(call opt,--weight-decay,$(WEIGHT_DECAY)) $(call opt,--neighbors,$(NEIGHBORS)) \
 	$(call opt,--dim,$(DIM)) $(call opt,--transform,$(TRANSFORM)) \
-	$(call opt,--repeats,$(REPEATS)) $(call opt,--resplit,$(RESPLIT))
+	$(call opt,--repeats,$(REPEATS)) $(call opt,--resplit,$(RESPLIT)) \
+	$(call flag,--skip-existing,$(SKIP_EXISTING))
 
 # the source experiments (recipes/*.sh), in an order that builds each cache once
 RECIPES   := iorga durr pictures depth hertel lite2
@@ -95,7 +102,7 @@ classify: $(STAMP)
 	$(BIN)/python -m classify fit $(CLASSIFY_ARGS)
 
 results: $(STAMP)
-	$(BIN)/python -m classify results $(call opt,--data-dir,$(DATA_DIR)) $(if $(filter command line,$(origin DATASET)),--dataset $(DATASET))
+	$(BIN)/python -m classify results $(call opt,--data-dir,$(DATA_DIR)) $(if $(filter command line,$(origin DATASET)),--dataset $(call q,$(DATASET)))
 
 tsne: $(STAMP)
 	$(BIN)/python -m classify tsne $(SOURCE) --layer $(LAYER) $(call opt,--data-dir,$(DATA_DIR))
