@@ -177,8 +177,7 @@ def _fingerprint(path: str, data_dir: Path, meta: dict[str, Any]) -> str:
     from extract.datasets import open_dataset
 
     dataset = open_dataset(path, data_dir, fingerprint=meta.get("fingerprint_mode", "stat"))
-    if meta.get("dataset_limit") is not None:  # extraction's seed is 0 unless the cache says
-
+    if meta.get("dataset_limit") is not None:
         dataset = dataset.limited(int(meta["dataset_limit"]), int(meta.get("seed", 0)))
     return dataset.fingerprint
 

@@ -150,6 +150,8 @@ def plan_extraction(cfg: ExtractConfig) -> ExtractPlan:
         "pool": cfg.pool,
         "dtype": cfg.dtype,
         "skip_bad": cfg.skip_bad,
+        "seed": cfg.seed,
+        "test_fraction": cfg.test_fraction,
         "pipeline_version": PIPELINE_VERSION,
         "versions": _versions(),
         "command": shlex.join(sys.argv),
