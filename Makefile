@@ -20,6 +20,7 @@ BATCH     ?=
 DEVICE    ?= auto
 ENGINE    ?= local
 WORKERS   ?=
+RUNTIME   ?= auto
 FINGERPRINT ?= stat
 LIMIT     ?=
 SKIP_BAD  ?=
@@ -51,6 +52,7 @@ flag = $(if $(filter 1 yes true,$(2)),$(1))
 EXTRACT_ARGS = --dataset $(call q,$(DATASET)) --backbone $(call q,$(BACKBONE)) \
 	--layers $(call q,$(LAYERS)) --pool $(call q,$(POOL)) --crops $(call q,$(CROPS)) \
 	--dtype $(call q,$(DTYPE)) --device $(call q,$(DEVICE)) --engine $(call q,$(ENGINE)) \
+	--runtime $(call q,$(RUNTIME)) \
 	--fingerprint $(call q,$(FINGERPRINT)) $(call opt,--name,$(NAME)) \
 	$(call opt,--batch-size,$(BATCH)) $(call opt,--workers,$(WORKERS)) \
 	$(call opt,--data-dir,$(DATA_DIR)) $(call opt,--res,$(RES)) $(call opt,--limit,$(LIMIT)) \

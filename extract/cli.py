@@ -17,6 +17,7 @@ from .distributed import ENGINES
 from .errors import run_command
 from .pictures import show as show_pictures
 from .pipeline import describe_layers, run_extraction
+from .runtimes import RUNTIMES
 
 DEFAULTS = {f.name: f.default for f in fields(ExtractConfig)}
 
@@ -89,7 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size",
         type=int,
         default=None,
-        help="views per forward pass [chosen by a short probe on this machine]",
+        help="views per forward pass [the fastest on this machine: a probe of a few seconds, "
+        "its choice kept in <data dir>/probe.json]",
+    )
+    run.add_argument(
+        "--runtime",
+        default=DEFAULTS["runtime"],
+        help=f"forward-pass runtime: auto, {', '.join(RUNTIMES)} [auto: openvino on a CPU where "
+        "it is installed (pip install 'featcache[openvino]'), else eager PyTorch]",
     )
     run.add_argument(
         "--engine",
@@ -195,7 +203,7 @@ def _run(args: argparse.Namespace) -> None:
         rate = result.images / max(result.seconds, 1e-9)
         summary = (
             f"wrote {result.images} images in {result.seconds:.1f} s ({rate:.1f} img/s; "
-            f"{result.shards} shards, batch {result.batch_size}, engine {result.engine})"
+            f"{result.shards} shards, {result.worker}, engine {result.engine})"
         )
     print(f"{summary}\n  {shapes}", file=sys.stderr)
     print(result.path)

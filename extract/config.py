@@ -11,6 +11,7 @@ from .distributed import ENGINES
 from .errors import UsageError
 from .layouts import FINGERPRINT_MODES as FINGERPRINTS
 from .preprocess import VIEW_NAMES
+from .runtimes import RUNTIMES
 from .shards import SHARD_ROWS
 
 POOLS = ("avg", "max", "none")
@@ -36,6 +37,7 @@ class ExtractConfig:
     shard_rows: int = SHARD_ROWS
     workers: int | None = None
     device: str = "auto"
+    runtime: str = "auto"  # auto: openvino on a CPU where it is installed, else eager
     data_dir: Path = field(default_factory=default_data_dir)
     fingerprint: str = "stat"
     skip_bad: bool = False
@@ -49,6 +51,7 @@ class ExtractConfig:
         _choice("dtype", self.dtype, DTYPES)
         _choice("device", self.device, DEVICES)
         _choice("engine", self.engine, ENGINES)
+        _choice("runtime", self.runtime, ("auto", *RUNTIMES))
         _choice("fingerprint", self.fingerprint, FINGERPRINTS)
         if not self.layers:
             raise UsageError("layers: give at least one layer name")

@@ -73,8 +73,8 @@ class _ShardActor:
         done = self.worker.compute(spec)
         return done, spec.end - spec.start
 
-    def batch_size(self) -> int:
-        return self.worker.batch_size
+    def describe(self) -> tuple[str, str]:
+        return self.worker.describe()
 
 
 def _actor_options(ray: ModuleType, device: str, workers: int) -> tuple[dict, int, str]:
@@ -89,7 +89,7 @@ def _actor_options(ray: ModuleType, device: str, workers: int) -> tuple[dict, in
 
 
 def run_shards(plan: Any, store: Any, shards: Sequence[Any],
-               on_rows: Callable[[int], object]) -> tuple[int, int | None]:
+               on_rows: Callable[[int], object]) -> tuple[int, tuple[str, str] | None]:
     """Compute ``shards`` on Ray actors, each loading the model once and taking shards until
     none remain. A worker that dies costs its shard only: the shard goes back in the queue
     (up to ``MAX_ATTEMPTS`` times) and a fresh actor replaces the dead one."""
@@ -107,7 +107,7 @@ def run_shards(plan: Any, store: Any, shards: Sequence[Any],
 
         idle = [spawn() for _ in range(min(workers, len(shards)))]
         queue, running, attempts, images = deque(shards), {}, Counter(), 0
-        batch = None
+        about = None
         while queue or running:
             while queue and idle:
                 actor, spec = idle.pop(), queue.popleft()
@@ -134,6 +134,6 @@ def run_shards(plan: Any, store: Any, shards: Sequence[Any],
                 raise
             images += done
             on_rows(covered)
-            batch = batch or ray.get(actor.batch_size.remote())
+            about = about or ray.get(actor.describe.remote())
             idle.append(actor)
-        return images, batch
+        return images, about

@@ -17,8 +17,9 @@ from .cache import FeatureCache, assemble, missing_shards, writer_lock
 from .config import ExtractConfig
 from .errors import CacheError
 from .plan import ExtractPlan, plan_extraction
+from .runtimes import resolve_runtime
 from .shards import ShardSpec, ShardStore
-from .worker import ShardWorker
+from .worker import ShardWorker, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ class ExtractResult:
     images: int
     seconds: float
     shards: int = 0
-    batch_size: int | None = None
+    worker: str | None = None  # runtime and batch size of the workers, where any ran
     engine: str = "local"
 
 
@@ -97,28 +98,30 @@ def run_extraction(cfg: ExtractConfig, *, progress: bool = True) -> ExtractResul
         done = total - sum(s.end - s.start for s in missing)
         with tqdm(total=total, initial=done, unit="img", disable=not progress,
                   desc=plan.dataset.name) as bar:
-            images, batch = _run_local(plan, store, missing, bar.update) if cfg.engine == "local" \
+            images, about = _run_local(plan, store, missing, bar.update) if cfg.engine == "local" \
                 else _run_ray(plan, store, missing, bar.update)
+        runtime = about[0] if about else resolve_runtime(cfg.runtime, resolve_device(cfg.device))
         log.info("assembling %s from %d shards", plan.path.name, sum(len(p.shards)
                                                                      for p in plans.values()))
-        assemble(plan.path, store, plans, plan.layer_attrs(list(store.layers)), plan.meta)
+        assemble(plan.path, store, plans, plan.layer_attrs(list(store.layers)),
+                 {**plan.meta, "runtime": runtime})
     return ExtractResult(plan.path, False, images, time.perf_counter() - start,
-                         len(missing), batch, cfg.engine)
+                         len(missing), about[1] if about else None, cfg.engine)
 
 
 def _run_local(plan: ExtractPlan, store: ShardStore, shards: list[ShardSpec],
-               on_rows: Callable[[int], object]) -> tuple[int, int | None]:
+               on_rows: Callable[[int], object]) -> tuple[int, tuple[str, str] | None]:
     if not shards:
         return 0, None
     worker = ShardWorker(plan, store, device=plan.cfg.device)
     try:
-        return sum(worker.compute(spec, on_rows) for spec in shards), worker.batch_size
+        return sum(worker.compute(spec, on_rows) for spec in shards), worker.describe()
     finally:
         worker.close()
 
 
 def _run_ray(plan: ExtractPlan, store: ShardStore, shards: list[ShardSpec],
-             on_rows: Callable[[int], object]) -> tuple[int, int | None]:
+             on_rows: Callable[[int], object]) -> tuple[int, tuple[str, str] | None]:
     from .distributed import run_shards
 
     return run_shards(plan, store, shards, on_rows)

@@ -22,11 +22,12 @@ from .config import FLATTEN_LIMIT
 from .errors import UsageError
 from .plan import ExtractPlan
 from .preprocess import normalize
+from .probe import Probe, choose_batch_size
+from .runtimes import compile_forward, resolve_runtime
 from .shards import ShardSpec, ShardStore
 
 log = logging.getLogger(__name__)
 PREFETCH_BATCHES = 4
-DEFAULT_BATCH = 16
 
 
 def resolve_device(name: str) -> torch.device:
@@ -54,14 +55,39 @@ class ShardWorker:
         self.device = resolve_device(device)
         model, spec = load_backbone(plan.key.backbone)
         taps = {name: plan.taps[name] for name in store.layers}
-        self.extractor = make_feature_extractor(model, spec, taps).to(
+        module = make_feature_extractor(model, spec, taps).to(
             self.device, memory_format=torch.channels_last
         )
+        self.runtime = resolve_runtime(plan.cfg.runtime, self.device)
+        size = plan.key.resolution
+        example = torch.zeros(1, 3, size, size, device=self.device)
+        self.extractor = compile_forward(self.runtime, module, example, self.device)
         self.mean, self.std = plan.preprocess.mean, plan.preprocess.std
-        self.batch_size = batch_size or plan.cfg.batch_size or DEFAULT_BATCH
         self.makers = {name: plan.preprocess.views(n) for name, n in plan.views.items()}
+        given = batch_size or plan.cfg.batch_size
+        self.probe = Probe(given) if given else self._probe(taps)
+        self.batch_size = self.probe.batch_size
         self.pool = ThreadPoolExecutor(decoders or default_decoders(self.device),
                                        thread_name_prefix="decode")
+
+    def describe(self) -> tuple[str, str]:
+        """(runtime, what the summary line says: runtime, batch and the probe's rates)."""
+        return self.runtime, f"{self.runtime}, {self.probe.describe()}"
+
+    def _probe(self, taps: dict[str, str]) -> Probe:
+        """No batch size given: the fastest on this machine and configuration (cached)."""
+        config = {
+            "backbone": self.plan.key.backbone,
+            "taps": sorted(set(taps.values())),
+            "resolution": self.plan.key.resolution,
+            "device": self.device.type,
+            "runtime": self.runtime,
+            "pool": self.plan.cfg.pool,
+        }
+        with torch.inference_mode():
+            return choose_batch_size(self._features, resolution=self.plan.key.resolution,
+                                     device=self.device, config=config,
+                                     cache_file=self.plan.cfg.data_dir / "probe.json")
 
     def close(self) -> None:
         self.pool.shutdown(cancel_futures=True)
