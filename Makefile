@@ -3,20 +3,25 @@
 
 PYTHON    ?= python3
 VENV      ?= .venv
-BIN       := $(VENV)/bin
+BIN       ?= $(VENV)/bin
 STAMP     := $(VENV)/.installed
-DATA_DIR  ?= data
+DATA_DIR  ?=
 
-# stage one
+# stage one (empty: the command line's default)
 DATASET   ?= digits
+NAME      ?=
 BACKBONE  ?= efficientnet_lite0
 LAYERS    ?= pool
 POOL      ?= avg
 CROPS     ?= 1
 RES       ?=
 DTYPE     ?= float16
-BATCH     ?= 32
+BATCH     ?=
 DEVICE    ?= auto
+ENGINE    ?= local
+WORKERS   ?=
+RUNTIME   ?= auto
+FINGERPRINT ?= stat
 LIMIT     ?=
 SKIP_BAD  ?=
 FORCE     ?=
@@ -30,30 +35,46 @@ SHOTS     ?=
 HIDDEN    ?=
 DROPOUT   ?=
 WEIGHT_DECAY ?=
+EPOCHS    ?=
 NEIGHBORS ?=
 DIM       ?=
 TRANSFORM ?=
 REPEATS   ?=
 RESPLIT   ?=
 SEED      ?= 0
+JOBS      ?=
 CACHE     ?=
+SKIP_EXISTING ?=
 
-opt = $(if $(strip $(2)),$(1) $(2))
+# q: one shell word, whatever the value holds (spaces, quotes); opt: an option if given
+q = '$(subst ','\'',$(1))'
+opt = $(if $(strip $(2)),$(1) $(call q,$(2)))
 flag = $(if $(filter 1 yes true,$(2)),$(1))
 
-EXTRACT_ARGS = --dataset $(DATASET) --backbone $(BACKBONE) --layers $(LAYERS) --pool $(POOL) \
-	--crops $(CROPS) --dtype $(DTYPE) --batch-size $(BATCH) --device $(DEVICE) \
-	--data-dir $(DATA_DIR) $(call opt,--res,$(RES)) $(call opt,--limit,$(LIMIT)) \
+EXTRACT_ARGS = --dataset $(call q,$(DATASET)) --backbone $(call q,$(BACKBONE)) \
+	--layers $(call q,$(LAYERS)) --pool $(call q,$(POOL)) --crops $(call q,$(CROPS)) \
+	--dtype $(call q,$(DTYPE)) --device $(call q,$(DEVICE)) --engine $(call q,$(ENGINE)) \
+	--runtime $(call q,$(RUNTIME)) \
+	--fingerprint $(call q,$(FINGERPRINT)) $(call opt,--name,$(NAME)) \
+	$(call opt,--batch-size,$(BATCH)) $(call opt,--workers,$(WORKERS)) \
+	$(call opt,--data-dir,$(DATA_DIR)) $(call opt,--res,$(RES)) $(call opt,--limit,$(LIMIT)) \
 	$(call flag,--skip-bad,$(SKIP_BAD)) $(call flag,--force,$(FORCE))
 
-SOURCE = $(if $(strip $(CACHE)),--cache $(CACHE),--dataset $(DATASET))
+# Stage two narrows DATASET= by a cache option only where it is given on the command line.
+given = $(if $(and $(filter command line,$(origin $(2))),$(strip $($(2)))),$(1) $(call q,$($(2))))
+CACHE_OPTIONS = $(call given,--backbone,BACKBONE) $(call given,--res,RES) \
+	$(call given,--crops,CROPS) $(call given,--pool,POOL) $(call given,--dtype,DTYPE)
+SOURCE = $(if $(strip $(CACHE)),--cache $(call q,$(CACHE)),--dataset $(call q,$(DATASET)) \
+	$(CACHE_OPTIONS))
 
 CLASSIFY_ARGS = $(SOURCE) --model $(MODEL) --layer $(LAYER) --seed $(SEED) \
-	--data-dir $(DATA_DIR) $(call opt,--C,$(C)) $(call opt,--train-size,$(TRAIN_SIZE)) \
+	$(call opt,--data-dir,$(DATA_DIR)) $(call opt,--C,$(C)) $(call opt,--train-size,$(TRAIN_SIZE)) \
 	$(call opt,--shots,$(SHOTS)) $(call opt,--hidden,$(HIDDEN)) $(call opt,--dropout,$(DROPOUT)) \
-	$(call opt,--weight-decay,$(WEIGHT_DECAY)) $(call opt,--neighbors,$(NEIGHBORS)) \
+	$(call opt,--weight-decay,$(WEIGHT_DECAY)) $(call opt,--epochs,$(EPOCHS)) \
+	$(call opt,--neighbors,$(NEIGHBORS)) --engine $(call q,$(ENGINE)) $(call opt,--jobs,$(JOBS)) \
 	$(call opt,--dim,$(DIM)) $(call opt,--transform,$(TRANSFORM)) \
-	$(call opt,--repeats,$(REPEATS)) $(call opt,--resplit,$(RESPLIT))
+	$(call opt,--repeats,$(REPEATS)) $(call opt,--resplit,$(RESPLIT)) \
+	$(call flag,--skip-existing,$(SKIP_EXISTING))
 
 # the source experiments (recipes/*.sh), in an order that builds each cache once
 RECIPES   := iorga durr pictures depth hertel lite2
@@ -86,20 +107,20 @@ classify: $(STAMP)
 	$(BIN)/python -m classify fit $(CLASSIFY_ARGS)
 
 results: $(STAMP)
-	$(BIN)/python -m classify results --data-dir $(DATA_DIR) $(if $(filter command line,$(origin DATASET)),--dataset $(DATASET))
+	$(BIN)/python -m classify results $(call opt,--data-dir,$(DATA_DIR)) $(if $(filter command line,$(origin DATASET)),--dataset $(call q,$(DATASET)))
 
 tsne: $(STAMP)
-	$(BIN)/python -m classify tsne $(SOURCE) --layer $(LAYER) --data-dir $(DATA_DIR)
+	$(BIN)/python -m classify tsne $(SOURCE) --layer $(LAYER) $(call opt,--data-dir,$(DATA_DIR))
 
 reproduce: $(addprefix reproduce-,$(RECIPES))  ## every recipe, then docs/results.md
 	$(MAKE) --no-print-directory results-page
 
 reproduce-%: $(STAMP)  ## one recipe: make reproduce-durr
 	@test -f recipes/$*.sh || { echo "unknown recipe '$*'; valid: $(RECIPES)" >&2; exit 2; }
-	PY=$(BIN)/python DATA_DIR=$(DATA_DIR) bash recipes/$*.sh
+	PY=$(BIN)/python DATA_DIR=$(or $(DATA_DIR),data) bash recipes/$*.sh
 
 results-page: $(STAMP)  ## regenerate docs/results.md from the recipes' runs
-	$(BIN)/python recipes/report.py --data-dir $(DATA_DIR)
+	$(BIN)/python recipes/report.py --data-dir $(or $(DATA_DIR),data)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

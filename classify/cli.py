@@ -11,15 +11,18 @@ from pathlib import Path
 from typing import NoReturn
 
 from classify.experiment import FitConfig, run_experiment
-from classify.features import DEFAULT_DATASET, DEFAULT_LAYERS
+from classify.features import DEFAULT_LAYERS
 from classify.heads import DEFAULT_HEAD, HEADS
-from classify.runs import format_results, load_runs
+from classify.runs import format_results, load_runs, pct
+from classify.select import DEFAULT_DATASET
 from classify.transforms import DEFAULT_TRANSFORM, TRANSFORMS
 from classify.tsne import TsneConfig, make_tsne
 from extract.cache import default_data_dir
+from extract.distributed import ENGINES
 from extract.errors import FeatcacheError
 
-HYPERPARAMETERS = ("C", "hidden", "dropout", "weight_decay", "n_neighbors")
+CACHE_OPTIONS = ("backbone", "resolution", "crops", "pool", "dtype")
+HYPERPARAMETERS = tuple(sorted({name for spec in HEADS.values() for name in spec.options}))
 
 
 class _Parser(argparse.ArgumentParser):
@@ -51,12 +54,20 @@ def _source_options(parser: argparse.ArgumentParser) -> None:
                         help="data folder holding cache/ and runs/ (env FEATCACHE_DATA_DIR; "
                         "default: %(default)s)")
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--dataset", help=f"dataset name or unique prefix of its cache folder "
-                        f"(default: {DEFAULT_DATASET}); its newest cache is used")
+    source.add_argument("--dataset", help="what `extract run --dataset` was given: a registered "
+                        "name, a folder or CSV path, the folder's base name or the --name given "
+                        f"(default: {DEFAULT_DATASET}); exactly one cache must match")
     source.add_argument("--cache", type=Path, help="explicit cache file (.h5)")
     parser.add_argument("--layer", dest="layers", type=_names, default=DEFAULT_LAYERS,
                         help="layer name, or several joined by commas to concatenate "
                         f"(default: {','.join(DEFAULT_LAYERS)})")
+    narrow = parser.add_argument_group(
+        "cache options (where several caches of the dataset exist, pick one as extracted)")
+    narrow.add_argument("--backbone")
+    narrow.add_argument("--res", dest="resolution", type=int)
+    narrow.add_argument("--crops")
+    narrow.add_argument("--pool")
+    narrow.add_argument("--dtype")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     fixed.add_argument("--hidden", type=_int_list, help="mlp*: hidden sizes, e.g. 4096,4096")
     fixed.add_argument("--dropout", type=float, help="mlp*: dropout probability")
     fixed.add_argument("--weight-decay", type=float, help="mlp*: Adam L2 weight decay")
+    fixed.add_argument("--epochs", type=int, help="mlp*: training epochs")
     fixed.add_argument("--neighbors", dest="n_neighbors", type=int, help="knn: k")
     data = fit.add_argument_group("protocol")
     data.add_argument("--train-size", type=int, help="stratified subset of N training samples")
@@ -92,12 +104,20 @@ def build_parser() -> argparse.ArgumentParser:
                       help="validation fraction of the training rows (default: %(default)s)")
     data.add_argument("--seed", type=int, default=0, help="seed of every random choice")
     data.add_argument("--jobs", type=int, default=2, help="parallel sweep workers")
+    data.add_argument("--engine", choices=ENGINES, default="local",
+                      help="where the sweep's units and the repeats run: threads here, or Ray "
+                      "tasks (RAY_ADDRESS, else a local Ray with --jobs CPUs; default: "
+                      "%(default)s)")
     fit.add_argument("--tag", help="label stored with the run, to group runs (a recipe's name)")
+    fit.add_argument("--skip-existing", action="store_true",
+                     help="re-use a finished run of the same configuration (same cache "
+                     "fingerprint and result-changing options) instead of fitting again")
 
-    results = commands.add_parser("results", help="table of every run so far, best first")
+    results = commands.add_parser("results", help="every run so far, one table per dataset, "
+                                  "best validation score first")
     results.add_argument("--data-dir", type=Path,
                          default=default_data_dir())
-    results.add_argument("--dataset", help="only datasets whose name starts with this")
+    results.add_argument("--dataset", help="only this dataset (its name or its path)")
     results.add_argument("--tag", help="only runs with this tag")
 
     tsne = commands.add_parser("tsne", help="2-D t-SNE map of test features (PNG)")
@@ -115,16 +135,22 @@ def _fit(args: argparse.Namespace, argv: Sequence[str]) -> int:
         data_dir=args.data_dir, dataset=args.dataset, cache=args.cache, model=args.model,
         layers=args.layers, transform=args.transform, dim=args.dim, params=params,
         train_size=args.train_size, shots=args.shots, repeats=args.repeats,
-        resplit=args.resplit, val_size=args.val_size, seed=args.seed, jobs=args.jobs, tag=args.tag,
+        resplit=args.resplit, val_size=args.val_size, seed=args.seed, jobs=args.jobs,
+        engine=args.engine, tag=args.tag,
         command=shlex.join(["python", "-m", "classify", *argv]),
+        skip_existing=args.skip_existing, **{k: getattr(args, k) for k in CACHE_OPTIONS},
     )
     run_dir, m = run_experiment(config)
     spread = f" ± {100 * m['top1_std']:.2f}" if m["repeats"] > 1 else ""
-    centre = f", centre view {100 * m['top1_centre']:.2f}%" if m["top1_centre"] is not None else ""
-    top5 = f", top-5 {100 * m['top5']:.2f}%" if m["top5"] is not None else ""
+    low, high = m["top1_ci"]
+    centre = f", centre view {pct(m['top1_centre'])}%" if m["top1_centre"] is not None else ""
+    top5 = f", top-5 {pct(m['top5'])}%" if m["top5"] is not None else ""
+    val = f"val {pct(m['val_top1'])}% ({m['selection']}); " if m["val_top1"] is not None else ""
     print(f"{m['dataset']} {m['backbone']} {'+'.join(m['layers'])} {m['head']} "
-          f"{m['params']}: top-1 {100 * m['top1']:.2f}%{spread}{centre}{top5}")
-    print(f"run: {run_dir}")
+          f"{m['params']}: {val}test top-1 {pct(m['top1'])}%{spread} "
+          f"[95% CI {pct(low)}-{pct(high)}], mean per class {pct(m['mean_per_class'])}%"
+          f"{centre}{top5}")
+    print(f"{'re-used run (same configuration)' if m.get('reused') else 'run'}: {run_dir}")
     return 0
 
 
@@ -140,7 +166,8 @@ def _results(args: argparse.Namespace) -> int:
 
 def _tsne(args: argparse.Namespace) -> int:
     config = TsneConfig(data_dir=args.data_dir, dataset=args.dataset, cache=args.cache,
-                        layers=args.layers, points=args.points, seed=args.seed)
+                        layers=args.layers, points=args.points, seed=args.seed,
+                        **{k: getattr(args, k) for k in CACHE_OPTIONS})
     print(make_tsne(config))
     return 0
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import logging
 import shlex
 import sys
@@ -15,12 +18,14 @@ import joblib
 import numpy as np
 
 from classify.engines import Engine, LocalEngine, engine_session
-from classify.features import DEFAULT_LAYERS, Block, Part, open_cache, read, resolve_cache
+from classify.features import DEFAULT_LAYERS, Block, Part, open_cache, read
 from classify.heads import DEFAULT_HEAD, HEADS, SWEPT, build_head
 from classify.plots import plot_confusion
 from classify.protocol import evaluate, select_and_refit
-from classify.runs import METRICS, new_run_dir, write_json
+from classify.runs import METRICS, find_run, write_json, write_run
+from classify.select import DEFAULT_DATASET, CacheQuery, resolve_cache
 from classify.splits import per_class, stratified_split, stratified_subset
+from classify.stats import mean_per_class, top1_interval, top_confusions
 from classify.transforms import DEFAULT_TRANSFORM, TRANSFORMS
 from extract.cache import FeatureCache
 from extract.distributed import check_engine
@@ -29,8 +34,12 @@ from extract.errors import UsageError
 logger = logging.getLogger(__name__)
 
 DEFAULT_REPEATS_WITH_SHOTS = 5
-META_KEYS = ("dataset", "backbone", "weights", "resolution", "pool", "views", "split_rule",
-             "created", "source")
+META_KEYS = ("dataset", "dataset_source", "dataset_fingerprint", "fingerprint_mode",
+             "dataset_limit", "backbone", "weights", "weights_sha256", "resolution", "crops",
+             "pool", "dtype", "views", "split_rule", "created")
+# FitConfig fields that do not change a run's result (the cache enters by its fingerprint).
+NOT_HASHED = ("data_dir", "dataset", "cache", "backbone", "resolution", "crops", "pool", "dtype",
+              "jobs", "engine", "tag", "command", "skip_existing")
 
 
 @dataclass(frozen=True)
@@ -55,6 +64,12 @@ class FitConfig:
     engine: str = "local"
     tag: str | None = None
     command: str = ""
+    skip_existing: bool = False
+    backbone: str | None = None  # these five narrow `dataset` to one of its caches
+    resolution: int | None = None
+    crops: str | None = None
+    pool: str | None = None
+    dtype: str | None = None
 
     def __post_init__(self) -> None:
         check_engine(self.engine)
@@ -83,6 +98,20 @@ class FitConfig:
         if self.repeats is not None:
             return self.repeats
         return DEFAULT_REPEATS_WITH_SHOTS if self.shots else 1
+
+    @property
+    def query(self) -> CacheQuery:
+        """The cache this run asks for, as ``make extract`` would name it."""
+        return CacheQuery(self.dataset or DEFAULT_DATASET, self.backbone, self.resolution,
+                          self.crops, self.pool, self.dtype, self.layers)
+
+    def digest(self, cache_fingerprint: str) -> str:
+        """Hash of the cache's fingerprint and every option that changes the result."""
+        options = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                   if f.name not in NOT_HASHED}
+        options.update(repeats=self.n_repeats, params=dict(sorted(self.params.items())))
+        blob = json.dumps({"cache": cache_fingerprint, **options}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def _labels(cache: FeatureCache, parts: Sequence[Part]) -> np.ndarray:
@@ -129,15 +158,32 @@ def _read(
 
 
 def _check_cache(cache: FeatureCache, config: FitConfig) -> None:
+    """Refuse, before any fitting, options the cache's size makes impossible."""
     if config.resplit is not None and cache.meta.get("split_rule") == "official":
         raise UsageError(
             f"RESPLIT={config.resplit}: {cache.meta.get('dataset')} has an official train/test "
             "split; re-split only datasets stored with a seeded split"
         )
+    train, _ = plan_rows(cache, config, config.seed)
+    labels = _labels(cache, train)
+    samples = len(labels) * len(cache.view_names("train"))
+    if config.params.get("n_neighbors", 0) > samples:
+        raise UsageError(f"NEIGHBORS={config.params['n_neighbors']} exceeds the {samples} "
+                         f"training samples; give at most {samples}")
     if config.dim is not None:
         width = read(cache, [Part("train", np.arange(1))], config.layers).X.shape[-1]
-        if config.dim > width:
-            raise UsageError(f"DIM={config.dim} exceeds the {width} features of {config.layers}")
+        _, grid = build_head(config.model, config.params, config.seed)
+        fitted = samples
+        if grid:  # the transform is first fitted on the fit part of the validation split
+            kept, _ = stratified_split(labels, config.val_size, config.seed,
+                                       what="validation split")
+            fitted = len(kept) * len(cache.view_names("train"))
+        limit = min(width, fitted)
+        if config.dim > limit:
+            raise UsageError(
+                f"DIM={config.dim} exceeds the limit {limit} = min(the {width} features of "
+                f"{'+'.join(config.layers)}, the {fitted} samples PCA is fitted on)"
+            )
 
 
 def _one_repeat(
@@ -203,26 +249,42 @@ def _mean(results: Sequence[Mapping[str, Any]], key: str) -> float | None:
 
 
 def run_experiment(config: FitConfig) -> tuple[Path, dict[str, Any]]:
-    """Run the protocol ``config.n_repeats`` times and write ``<data>/runs/<run-id>/``."""
+    """Run the protocol ``config.n_repeats`` times and write ``<data>/runs/<run-id>/``.
+
+    With ``skip_existing``, a finished run of the same configuration (same cache fingerprint
+    and result-changing options) is returned instead, fitting nothing.
+    """
     start = time.perf_counter()
     build_head(config.model, config.params, config.seed)
-    path = resolve_cache(config.data_dir, config.dataset, config.cache, config.layers)
+    path = resolve_cache(config.data_dir, config.query, config.cache)
     logger.info("cache %s", path)
     clock: list[float] = []
-    with open_cache(path, config.layers) as cache, engine_session(config.engine,
-                                                                  config.jobs) as engine:
+    with open_cache(path, config.layers) as cache:
+        config_hash = config.digest(cache.fingerprint)
+        done = find_run(config.data_dir, config_hash) if config.skip_existing else None
+        if done is not None:
+            logger.info("same configuration already run: %s (SKIP_EXISTING)", done["run_id"])
+            return Path(config.data_dir) / "runs" / done["run_id"], {**done, "reused": True}
         _check_cache(cache, config)
-        repeats = _repeats(cache, config, clock, engine)
+        with engine_session(config.engine, config.jobs) as engine:
+            repeats = _repeats(cache, config, clock, engine)
         results, model = [result for result, _ in repeats], repeats[0][1]
         meta = {k: cache.meta[k] for k in META_KEYS if k in cache.meta}
         class_names = list(cache.class_names)
         fingerprint = cache.fingerprint
+    for result in results:
+        result["correct"] = int(np.trace(result["confusion"]))
+        result["mean_per_class"] = mean_per_class(result["confusion"])
     confusion = np.sum([r["confusion"] for r in results], axis=0)
     totals = confusion.sum(axis=1)
     first = results[0]
     dataset = str(meta.get("dataset", path.parent.name))
     backbone = str(meta.get("backbone", "unknown"))
     top1 = [r["top1"] for r in results]
+    interval, method = top1_interval([r["correct"] for r in results],
+                                     [r["n_test"] for r in results])
+    edges = sorted({r["edge_of_grid"] for r in results if r["edge_of_grid"]})
+    chosen = [max(r["val_scores"]) for r in results if r["val_scores"]]
     metrics: dict[str, Any] = {
         "dataset": dataset,
         "backbone": backbone,
@@ -234,8 +296,14 @@ def run_experiment(config: FitConfig) -> tuple[Path, dict[str, Any]]:
         "head_params": first["head_params"],
         "grid": first["grid"],
         "val_scores": first["val_scores"],
+        "selection": first["selection"] or "fixed",
+        "val_top1": float(np.mean(chosen)) if chosen else None,
+        "edge_of_grid": edges,
         "top1": float(np.mean(top1)),
         "top1_std": float(np.std(top1)),
+        "top1_ci": interval,
+        "top1_ci_method": method,
+        "mean_per_class": _mean(results, "mean_per_class"),
         "top5": _mean(results, "top5"),
         "top1_centre": _mean(results, "top1_centre"),
         "per_class": {
@@ -243,6 +311,7 @@ def run_experiment(config: FitConfig) -> tuple[Path, dict[str, Any]]:
             for i, name in enumerate(class_names)
         },
         "confusion": confusion.tolist(),
+        "top_confusions": top_confusions(confusion, class_names),
         "class_names": class_names,
         "n_train": first["n_train"],
         "n_val": first["n_val"],
@@ -263,20 +332,25 @@ def run_experiment(config: FitConfig) -> tuple[Path, dict[str, Any]]:
         "fit_seconds": _mean(results, "fit_seconds"),
         "predict_seconds": _mean(results, "predict_seconds"),
         "cache": {"path": str(path.resolve()), "fingerprint": fingerprint, **meta},
+        "config_hash": config_hash,
         "command": config.command or shlex.join([sys.executable, *sys.argv]),
         "tag": config.tag,
     }
     layer = "+".join(config.layers)
-    parts = [dataset, backbone, layer, config.model]
-    run_dir = new_run_dir(config.data_dir, [config.tag, *parts] if config.tag else parts)
-    metrics["run_id"] = run_dir.name
-    joblib.dump(model, run_dir / "model.joblib")
     title = f"{dataset} {backbone} {layer} {config.model}: top-1 {metrics['top1']:.3f}"
-    plot_confusion(confusion, class_names, run_dir / "confusion.png", title)
-    metrics["seconds"] = time.perf_counter() - start
-    write_json(run_dir / METRICS, _jsonable(metrics))
+
+    def fill(folder: Path) -> None:
+        joblib.dump(model, folder / "model.joblib")
+        plot_confusion(confusion, class_names, folder / "confusion.png", title)
+        metrics["seconds"] = time.perf_counter() - start
+        write_json(folder / METRICS, _jsonable(metrics))
+
+    parts = [dataset, backbone, layer, config.model]
+    run_dir = write_run(config.data_dir, [config.tag, *parts] if config.tag else parts, fill)
+    metrics["run_id"] = run_dir.name
     logger.info("wrote %s", run_dir)
     return run_dir, metrics
+
 
 
 def _jsonable(value: Any) -> Any:

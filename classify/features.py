@@ -1,8 +1,7 @@
-"""Finding a cache and reading rows of it as float32 ``(n, views, dim)`` blocks."""
+"""Reading rows of a cache as float32 ``(n, views, dim)`` blocks."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -10,56 +9,19 @@ from pathlib import Path
 
 import numpy as np
 
-from extract.cache import FeatureCache, find_caches
+from extract.cache import FeatureCache
 from extract.errors import CacheError, UsageError
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_DATASET = "digits"
 DEFAULT_LAYERS = ("pool",)
 CENTRE_VIEWS = ("full", "center", "centre")
 
 
-def _extract_hint(dataset: str, layers: Sequence[str] = ()) -> str:
-    extra = f" LAYERS={','.join(layers)}" if layers else ""
-    return f"make extract DATASET={dataset}{extra}"
-
-
-def resolve_dataset(data_dir: Path, dataset: str) -> str:
-    """The cache folder name for ``dataset``: exact, else the one folder it is a prefix of."""
-    base = Path(data_dir) / "cache"
-    names = sorted(p.parent.name for p in base.glob("*/*.h5"))
-    if dataset in names:
-        return dataset
-    matches = sorted({n for n in names if n.startswith(dataset)})
-    if len(matches) == 1:
-        return matches[0]
-    if len(matches) > 1:
-        raise UsageError(
-            f"dataset {dataset!r} is ambiguous under {base}; choose one of: {', '.join(matches)}"
-        )
-    have = f" (caches exist for: {', '.join(sorted(set(names)))})" if names else ""
-    raise UsageError(
-        f"no feature cache for dataset {dataset!r} under {base}{have}; "
-        f"make it with: {_extract_hint(dataset)}"
-    )
-
-
-def resolve_cache(
-    data_dir: Path, dataset: str | None, cache: Path | None, layers: Sequence[str] = ()
-) -> Path:
-    """An explicit cache path, or the newest finished cache of ``dataset`` holding ``layers``."""
-    if cache is not None:
-        if not Path(cache).is_file():
-            raise UsageError(f"no cache file at {cache}")
-        return Path(cache)
-    name = resolve_dataset(data_dir, dataset or DEFAULT_DATASET)
-    paths = find_caches(data_dir, name)
-    for path in paths:
-        with contextlib.suppress(CacheError), FeatureCache(path) as found:
-            if set(layers) <= set(found.layers("train")):
-                return path
-    return paths[0]
+def _extract_hint(cache: FeatureCache, layers: Sequence[str]) -> str:
+    source = str(cache.meta.get("dataset_source", ""))
+    dataset = source if Path(source).is_absolute() else cache.meta.get("dataset", "?")
+    return f"make extract DATASET={dataset} LAYERS={','.join(layers)}"
 
 
 def open_cache(
@@ -73,12 +35,11 @@ def open_cache(
             raise CacheError(f"{path} has no {split!r} split (has {cache.splits})")
         missing = [layer for layer in layers if layer not in cache.layers(split)]
         if missing:
-            valid = cache.layers(split)
-            dataset = cache.meta.get("dataset", path.parent.name)
+            valid, hint = cache.layers(split), _extract_hint(cache, layers)
             cache.close()
             raise UsageError(
                 f"layer {missing[0]!r} is not in {path.name} [{split}]; valid: "
-                f"{', '.join(valid)}; extract it with: {_extract_hint(dataset, layers)}"
+                f"{', '.join(valid)}; extract it with: {hint}"
             )
     return cache
 

@@ -10,33 +10,50 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from classify.stats import top_confusions
+
+LABELLED = 25  # above this many classes, names go in a list of confusions, not on the axes
+TOP_CONFUSIONS = 25
+
 
 def plot_confusion(
     confusion: np.ndarray, class_names: Sequence[str], path: Path, title: str
 ) -> Path:
-    """Row-normalised confusion matrix with class names on both axes."""
+    """Row-normalised confusion matrix, readable on a screen at any class count.
+
+    Up to ``LABELLED`` classes: names on both axes and a rate in every cell. Above: the
+    matrix alone (class indices on the axes) beside the most frequent confusions by name.
+    """
     confusion = np.asarray(confusion, dtype=np.float64)
     rates = confusion / np.maximum(confusion.sum(axis=1, keepdims=True), 1)
     n = len(class_names)
-    size = min(4 + 0.35 * n, 30)
-    fig = Figure(figsize=(size, size))
+    labelled = n <= LABELLED
+    fig = Figure(figsize=(4 + 0.35 * n, 4 + 0.35 * n) if labelled else (13, 7.5))
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    ax = fig.add_subplot(1, 1, 1) if labelled else fig.add_axes((0.05, 0.08, 0.5, 0.84))
     image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-    ax.set_xticks(range(n), class_names, rotation=90, fontsize=max(4, 10 - n // 15))
-    ax.set_yticks(range(n), class_names, fontsize=max(4, 10 - n // 15))
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title)
-    if n <= 25:
-        for i in range(n):
-            for j in range(n):
-                if rates[i, j] >= 0.005:
-                    ax.text(j, i, f"{rates[i, j]:.2f}", ha="center", va="center", fontsize=6,
-                            color="white" if rates[i, j] > 0.5 else "black")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    if labelled:
+        ax.set_xticks(range(n), class_names, rotation=90)
+        ax.set_yticks(range(n), class_names)
+        for i, j in zip(*np.nonzero(rates >= 0.005), strict=True):
+            ax.text(j, i, f"{rates[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                    color="white" if rates[i, j] > 0.5 else "black")
+    else:
+        ax.set_xlabel("predicted (class index)")
+        ax.set_ylabel("true (class index)")
+        lines = [f"{c['count']:>5}  {c['rate']:6.1%}  {c['true']} ({c['true_index']}) -> "
+                 f"{c['predicted']} ({c['predicted_index']})"
+                 for c in top_confusions(confusion, class_names, k=TOP_CONFUSIONS)]
+        fig.text(0.6, 0.92, "most frequent confusions\n count  of true  true (index) -> "
+                 "predicted (index)\n\n"
+                 + ("\n".join(lines) or "(none)"), va="top", family="monospace", fontsize=9)
+    if labelled:
+        fig.tight_layout()
+    fig.savefig(path, dpi=100, format="png")
     return path
 
 
@@ -57,7 +74,7 @@ def plot_map(points: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
     ax.set_yticks([])
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, format="png")
     return path
 
 

@@ -274,7 +274,7 @@ def select_and_refit(
         "selection": selection.method,
         "n_val": selection.n_val,
         "sweep_not_converged": selection.not_converged,
-        "grid_edge": selection.edge,
+        "edge_of_grid": selection.edge,
         "select_seconds": selection.seconds,
         "fit_seconds": time.perf_counter() - start,
         "converged": getattr(fitted, "converged_", None),

@@ -1,64 +1,155 @@
-"""Run directories under ``<data>/runs``: unique names, atomic metrics, the results table."""
+"""Run folders under ``<data>/runs``: complete or absent; the results table, best on validation.
+
+A run is written into a hidden temporary folder and renamed into place only when every file
+is there, so a crash, a full disk or a read-only folder leaves no half run behind.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import re
 import secrets
-from collections.abc import Mapping, Sequence
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from extract.errors import EnvironmentFault
+
 METRICS = "metrics.json"
 RUN_STAMP = "%Y%m%d-%H%M%S"  # local time; a run folder's name starts with it
+STALE_SECONDS = 3600  # a temporary folder lives for the seconds its files take to write
+
+Run = Mapping[str, Any]
 
 
 def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]+", "_", text).strip("._") or "x"
 
 
-def new_run_dir(data_dir: Path, parts: Sequence[str]) -> Path:
-    """Create ``<data>/runs/<timestamp>-<parts>-<random>``; never reuses an existing folder."""
+def environment_fault(exc: OSError, where: Path) -> EnvironmentFault:
+    """One line for a write that failed because of the machine (full disk, read-only, ...)."""
+    name = errno.errorcode.get(exc.errno or 0, "error")
+    return EnvironmentFault(
+        f"cannot write under {where}: {exc.strerror or exc} ({name}); nothing was kept; "
+        "free some space or make it writable, or choose another DATA_DIR="
+    )
+
+
+def write_run(data_dir: Path, parts: Sequence[str], fill: Callable[[Path], None]) -> Path:
+    """``fill(folder)`` a temporary folder, then rename it to ``<data>/runs/<time>-<parts>-<id>``.
+
+    On any error the temporary folder is removed; an ``OSError`` becomes EnvironmentFault.
+    """
     root = Path(data_dir) / "runs"
-    root.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now().strftime(RUN_STAMP)
-    name = "-".join([stamp, *(slug(p) for p in parts)])
-    while True:
-        path = root / f"{name}-{secrets.token_hex(2)}"
-        try:
-            path.mkdir()
-        except FileExistsError:
-            continue
-        return path
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        _remove_stale(root)
+        tmp = Path(tempfile.mkdtemp(prefix=".", suffix=".tmp", dir=root))
+    except OSError as exc:
+        raise environment_fault(exc, root) from None
+    try:
+        fill(tmp)
+        name = "-".join([datetime.now().strftime(RUN_STAMP), *(slug(p) for p in parts)])
+        final = root / f"{name}-{secrets.token_hex(3)}"
+        os.rename(tmp, final)  # fails rather than replace a (never empty) finished run
+        return final
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise environment_fault(exc, root) from None
+        raise
+
+
+def _remove_stale(root: Path) -> None:
+    for tmp in root.glob(".*.tmp"):
+        with contextlib.suppress(OSError):
+            if time.time() - tmp.stat().st_mtime > STALE_SECONDS:
+                shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_json(path: Path, data: Mapping[str, Any]) -> None:
-    """Write ``data`` as JSON through a temporary file and an atomic rename."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True))
 
 
 def load_runs(
     data_dir: Path, dataset: str | None = None, tag: str | None = None
 ) -> list[dict[str, Any]]:
-    """Metrics of every finished run, best top-1 first; filters: dataset prefix, exact tag."""
+    """Metrics of every finished run (``run_id`` = its folder), oldest first; filters: dataset
+    (its name, or the path it was extracted from) and tag."""
     runs = []
-    for path in sorted((Path(data_dir) / "runs").glob(f"*/{METRICS}")):
+    for path in sorted((Path(data_dir) / "runs").glob(f"[!.]*/{METRICS}")):
         try:
             metrics = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             continue
-        if dataset is not None and not str(metrics.get("dataset", "")).startswith(dataset):
+        metrics["run_id"] = path.parent.name
+        if dataset is not None and not _is_dataset(metrics, dataset):
             continue
         if tag is None or metrics.get("tag") == tag:
             runs.append(metrics)
-    return sorted(runs, key=lambda m: -(m.get("top1") or 0.0))
+    return runs
 
 
-def _params(params: Mapping[str, Any]) -> str:
+def _is_dataset(run: Run, dataset: str) -> bool:
+    path = Path(dataset).expanduser()
+    source = str(path.resolve()) if path.exists() else None
+    return run.get("dataset") == dataset or (
+        source is not None and run.get("cache", {}).get("dataset_source") == source)
+
+
+def find_run(data_dir: Path, config_hash: str) -> dict[str, Any] | None:
+    """The newest finished run whose configuration hash is ``config_hash``."""
+    same = [r for r in load_runs(data_dir) if r.get("config_hash") == config_hash]
+    return same[-1] if same else None
+
+
+def val_score(run: Run) -> float | None:
+    """Validation top-1 of the chosen hyperparameters, mean over repeats (None: nothing swept)."""
+    if "val_top1" in run:
+        return run["val_top1"]
+    best = [max(r["val_scores"]) for r in run.get("per_repeat", []) if r.get("val_scores")]
+    return float(np.mean(best)) if best else None
+
+
+def by_validation(runs: Iterable[Run]) -> list[Run]:
+    """Best validation score first; runs without one (nothing swept) after them, oldest first.
+
+    Test scores never order anything here.
+    """
+    runs = list(runs)
+    scored = sorted((r for r in runs if val_score(r) is not None), key=lambda r: -val_score(r))
+    return scored + [r for r in runs if val_score(r) is None]
+
+
+def dataset_key(run: Run) -> tuple[str, str]:
+    """A dataset's identity: its name and its fingerprint."""
+    cache = run.get("cache", {})
+    return str(run.get("dataset", "?")), str(cache.get("dataset_fingerprint", ""))[:8]
+
+
+def pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
+def top1_text(run: Run) -> str:
+    """Test top-1 with its 95 % interval (and the spread over repeats where there are several)."""
+    text = pct(run["top1"])
+    if run.get("repeats", 1) > 1:
+        text += f"±{100 * run['top1_std']:.2f}"
+    ci = run.get("top1_ci")
+    return text + (f" [{pct(ci[0])}, {pct(ci[1])}]" if ci else "")
+
+
+def params_text(params: Mapping[str, Any]) -> str:
     def show(value: Any) -> str:
         if isinstance(value, float):
             return f"{value:.3g}"
@@ -69,28 +160,38 @@ def _params(params: Mapping[str, Any]) -> str:
     return " ".join(f"{k}={show(v)}" for k, v in sorted(params.items())) or "-"
 
 
-def format_results(runs: Sequence[Mapping[str, Any]]) -> str:
-    """One row a run: dataset, backbone, layer, head, hyperparameters, train size, top-1, time."""
-    header = ("dataset", "backbone", "layer", "head", "params", "train", "top1", "top5", "time",
-              "run")
-    rows = [header]
-    for m in runs:
-        top1 = f"{100 * m['top1']:.2f}"
-        if m.get("repeats", 1) > 1:
-            top1 += f"±{100 * m['top1_std']:.2f}"
-        top5 = m.get("top5")
-        rows.append((
-            str(m.get("dataset", "?")),
-            str(m.get("backbone", "?")),
-            "+".join(m.get("layers", [])),
-            str(m.get("head", "?")),
-            _params(m.get("params", {})),
-            str(m.get("n_train", "?")),
-            top1,
-            "-" if top5 is None else f"{100 * top5:.2f}",
-            f"{m.get('seconds', 0.0):.1f}s",
-            str(m.get("run_id", "?")),
-        ))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines = ("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
-    return "\n".join(line.rstrip() for line in lines)
+COLUMNS: dict[str, Callable[[Run], str]] = {
+    "backbone": lambda m: str(m.get("backbone", "?")),
+    "layer": lambda m: "+".join(m.get("layers", [])),
+    "head": lambda m: str(m.get("head", "?")),
+    "params": lambda m: params_text(m.get("params", {})),
+    "selection": lambda m: str(m.get("selection", "-")),
+    "val top1": lambda m: pct(val_score(m)),
+    "test top1 [95% CI]": top1_text,
+    "per-class": lambda m: pct(m.get("mean_per_class")),
+    "train": lambda m: str(m.get("n_train", "?")),
+    "time": lambda m: f"{m.get('seconds', 0.0):.1f}s",
+    "run": lambda m: str(m.get("run_id", "?")),
+}
+
+
+def format_results(runs: Sequence[Run]) -> str:
+    """One table per dataset (name + fingerprint), best validation score first."""
+    groups: dict[tuple[str, str], list[Run]] = {}
+    for run in runs:
+        groups.setdefault(dataset_key(run), []).append(run)
+    blocks = []
+    for (name, fingerprint), members in sorted(groups.items()):
+        source = members[0].get("cache", {}).get("dataset_source", "")
+        title = f"== {name}" + (f" (data {fingerprint}, {source})" if fingerprint else "")
+        rows = [list(COLUMNS)] + [[f(m) for f in COLUMNS.values()] for m in by_validation(members)]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                 for r in rows]
+        blocks.append("\n".join([title, *lines]))
+    return "\n\n".join(blocks) + (
+        "\n\nSorted by validation top-1 (runs with fixed hyperparameters have none and follow, "
+        "oldest first); test top-1 is shown, never used to rank. 95% CI: Wilson on the test "
+        "count; with repeats (mean±sd), the wider of Wilson on the pooled counts and "
+        "Student-t over the repeats."
+    )

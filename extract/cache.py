@@ -2,30 +2,40 @@
 
 Layout of a finished cache file::
 
-    /                       attrs: format_version, complete, fingerprint, provenance (see CacheKey
-                            and the writer's ``meta``), class_names
-    /<split>/labels         int64 [N]
+    /                       attrs: format_version, complete, fingerprint (the CacheKey's
+                            digest), layout (JSON: every split's rows and every layer's shape),
+                            provenance (dataset, backbone, weights_sha256, preprocess, ...)
+    /<split>/labels         int64 [N], chunked, Fletcher32
     /<split>/ids            utf-8 strings [N]   (relative file path or "<split>/<index>")
     /<split>/features/<layer>
                             float16|float32 [N, D] or [N, V, D] when the split holds V views;
-                            attrs: node, pool, tap_shape
-    /<split>                attrs: view_names (JSON list), skipped (JSON list of ids)
+                            chunked, Fletcher32; attrs: node, pool
+    /<split>                attrs: view_names, skipped (JSON lists), n_source, ids_sha256
 
-Crash safety: a file at its final path is always complete. Writers put each shard of rows
-into ``<path>.parts/`` with an atomic rename, so an interrupted run (Ctrl-C, ``kill -9``,
-power loss) resumes from the last whole shard; ``finalize`` assembles ``<path>.tmp`` from the
-shards and renames it into place. A second writer of the same path fails on a lock.
+Integrity: every chunk carries a Fletcher32 checksum (HDF5 checks it on each read), the
+``layout`` attribute lists what must be there, and ``ids_sha256`` pins ids and labels, so
+:meth:`FeatureCache.verify` finds a deleted group, a truncated file or flipped bytes.
+
+Crash safety: a file at its final path is always complete. Rows are computed into shards
+(``extract/shards.py``); :func:`assemble` writes ``<path>.tmp`` from them in a child
+interpreter (HDF5 cannot be closed cleanly after a failed write: on a full disk it crashed
+the interpreter), then fsyncs and renames it into place.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
+import logging
 import os
-import shutil
+import pickle
+import subprocess
+import sys
+import traceback
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -34,15 +44,17 @@ import h5py
 import numpy as np
 from filelock import FileLock, Timeout
 
-from .errors import CacheError
+from .errors import CacheError, EnvironmentFault
+from .shards import SHARD_ROWS, ShardSpec, ShardStore, shard_specs
 
-FORMAT_VERSION = 1
+log = logging.getLogger(__name__)
+FORMAT_VERSION = 2
+PIPELINE_VERSION = 2
 SUFFIX = ".h5"
 READ_ROWS = 16384
-_RESERVED = ("labels", "ids", "features")
-
-
+CHUNK_BYTES = 1 << 20
 DATA_DIR_ENV = "FEATCACHE_DATA_DIR"
+FULL_DISK = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def default_data_dir() -> Path:
@@ -62,41 +74,46 @@ def default_data_dir() -> Path:
 
 @dataclass(frozen=True)
 class CacheKey:
-    """Everything that changes the numbers in a cache; its hash names the file."""
+    """Everything that changes a stored value; its digest names the file.
+
+    ``preprocess`` is the canonical JSON of the preprocessing (resize rule and size, crop,
+    interpolation, normalisation, decoding); ``views`` the view count per split. The layer
+    set is not part of the key: new layers are added to the same file.
+    """
 
     dataset: str
-    source: str
+    dataset_fingerprint: str
+    split_rule: str
     backbone: str
-    weights: str
+    weights_sha256: str
+    preprocess: str
     resolution: int
     views: str
     pool: str
     dtype: str
-    split_rule: str
+    skip_bad: bool = False
+    pipeline: int = PIPELINE_VERSION
 
     def digest(self) -> str:
-        blob = json.dumps(asdict(self), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
 
     def path(self, root: Path | str) -> Path:
-        """``<root>/cache/<dataset>/<backbone>-r<res>-<views>-<pool>-<dtype>-<hash>.h5``."""
+        """``<root>/cache/<dataset>-<fp8>/<backbone>-r<res>-<views>-<pool>-<dtype>-<hash>.h5``."""
+        folder = f"{slug(self.dataset)}-{self.dataset_fingerprint[:8]}"
         name = (
-            f"{self.backbone}-r{self.resolution}-{self.views}-{self.pool}-{self.dtype}"
+            f"{slug(self.backbone)}-r{self.resolution}-{self.views}-{self.pool}-{self.dtype}"
             f"-{self.digest()[:10]}{SUFFIX}"
         )
-        return Path(root) / "cache" / _slug(self.dataset) / name
+        return Path(root) / "cache" / folder / name
 
 
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text).strip("._") or "dataset"
+def slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text).strip("._") or "x"
 
 
-def find_caches(root: Path | str, dataset: str | None = None) -> list[Path]:
-    """Finished cache files under ``<root>/cache``, newest first, optionally for one dataset."""
-    base = Path(root) / "cache"
-    pattern = f"{_slug(dataset)}/*{SUFFIX}" if dataset else f"*/*{SUFFIX}"
-    files = [p for p in base.glob(pattern) if p.is_file()]
-    return sorted(files, key=lambda p: p.stat().st_mtime, reverse=True)
+def find_caches(root: Path | str) -> list[Path]:
+    """Every finished-looking cache file under ``<root>/cache``, sorted by path."""
+    return sorted(p for p in (Path(root) / "cache").glob(f"*/*{SUFFIX}") if p.is_file())
 
 
 def _json_attr(value: Any) -> Any:
@@ -116,8 +133,14 @@ def _decode_attr(value: Any) -> Any:
     return value
 
 
+def ids_digest(ids: Sequence[str], labels: np.ndarray) -> str:
+    h = hashlib.sha256("\n".join(map(str, ids)).encode())
+    h.update(np.ascontiguousarray(labels, dtype=np.int64).tobytes())
+    return h.hexdigest()
+
+
 class FeatureCache:
-    """Read-only view of a finished cache; refuses incomplete or foreign files."""
+    """Read-only view of a finished cache; refuses incomplete, foreign or damaged files."""
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
@@ -127,22 +150,26 @@ class FeatureCache:
             self._file = h5py.File(self.path, "r")
         except OSError as exc:
             raise CacheError(f"{self.path} is not a readable HDF5 cache ({exc})") from None
-        attrs = self._file.attrs
-        version = attrs.get("format_version")
-        if version != FORMAT_VERSION:
+        try:
+            self.meta: dict[str, Any] = {k: _decode_attr(v) for k, v in self._file.attrs.items()}
+            version = self.meta.get("format_version")
+            if version != FORMAT_VERSION:
+                raise CacheError(
+                    f"{self.path} has cache format {version!r}; this version reads "
+                    f"{FORMAT_VERSION} (re-run the extraction to rebuild it)"
+                )
+            if not self.meta.get("complete", False):
+                raise CacheError(f"{self.path} is incomplete; re-run the extraction to finish it")
+            self.layout: dict[str, Any] = self.meta.get("layout") or {}
+            self.class_names: list[str] = list(self.meta.get("class_names", []))
+            self.fingerprint: str = str(self.meta.get("fingerprint", ""))
+        except (CacheError, OSError, KeyError, TypeError, ValueError) as exc:
             self.close()
-            raise CacheError(
-                f"{self.path} has cache format {version!r}; this tool reads {FORMAT_VERSION}"
-            )
-        if not attrs.get("complete", False):
-            self.close()
-            raise CacheError(f"{self.path} is incomplete; re-run the extraction to finish it")
-        self.meta: dict[str, Any] = {k: _decode_attr(v) for k, v in attrs.items()}
-        self.class_names: list[str] = list(self.meta["class_names"])
-        self.fingerprint: str = self.meta["fingerprint"]
+            raise CacheError(str(exc)) from None
 
     def close(self) -> None:
-        self._file.close()
+        with contextlib.suppress(Exception):
+            self._file.close()
 
     def __enter__(self) -> FeatureCache:
         return self
@@ -189,6 +216,38 @@ class FeatureCache:
             )
         return feats[layer]
 
+    def verify(self, *, data: bool = True) -> None:
+        """Raise CacheError naming what is wrong: a split, layer, shape, id or checksum.
+
+        Checks every split and layer the ``layout`` attribute lists (present, right shape and
+        dtype) and the ids and labels against their digest; with ``data``, reads every
+        feature chunk, so HDF5 checks each Fletcher32 checksum, and checks the values are
+        finite.
+        """
+        if not self.layout:
+            raise CacheError(f"{self.path} has no layout record")
+        try:
+            for split, spec in self.layout.items():
+                group = self._split(split)
+                labels, ids = self.labels(split), self.ids(split)
+                if len(labels) != spec["rows"] or len(ids) != spec["rows"]:
+                    raise CacheError(f"split {split!r} has {len(labels)} rows, not {spec['rows']}")
+                if ids_digest(ids, labels) != group.attrs.get("ids_sha256"):
+                    raise CacheError(f"the ids or labels of split {split!r} were changed")
+                for layer, (shape, dtype) in spec["layers"].items():
+                    ds = self._dataset(split, layer)
+                    if list(ds.shape) != list(shape) or ds.dtype.name != dtype:
+                        raise CacheError(
+                            f"layer {layer!r} [{split}] is {ds.dtype.name} {ds.shape}, "
+                            f"not {dtype} {tuple(shape)}"
+                        )
+                    if data:
+                        for lo in range(0, ds.shape[0], READ_ROWS):
+                            if not np.isfinite(ds[lo : lo + READ_ROWS]).all():
+                                raise CacheError(f"layer {layer!r} [{split}] holds NaN or inf")
+        except (OSError, KeyError, ValueError) as exc:
+            raise CacheError(f"damaged: {' '.join(str(exc).split())}") from None
+
     def features(
         self,
         split: str,
@@ -230,190 +289,180 @@ class FeatureCache:
 
 @dataclass(frozen=True)
 class SplitPlan:
-    """What a finished split holds: how many source items and which views."""
+    """What one split of the finished file holds, and the dataset's ids and labels for it."""
 
-    n_source: int
+    ids: Sequence[str]
+    labels: np.ndarray
     view_names: tuple[str, ...]
+    shards: tuple[ShardSpec, ...] = field(default=())
 
 
-class CacheWriter:
-    """Resumable, crash-safe writer for one cache path (see module docstring)."""
+@dataclass(frozen=True)
+class _AssemblyJob:
+    """Everything the assembling child process needs (picklable)."""
 
-    def __init__(
-        self,
-        path: Path | str,
-        *,
-        meta: Mapping[str, Any],
-        layers: Mapping[str, Mapping[str, Any]],
-        dtype: str = "float16",
-    ) -> None:
-        self.path = Path(path)
-        self.parts = self.path.with_name(self.path.name + ".parts")
-        self.meta = dict(meta)
-        self.layers = {name: dict(attrs) for name, attrs in layers.items()}
-        self.dtype = np.dtype(dtype)
-        self._lock = FileLock(str(self.path) + ".lock")
-        bad = [n for n in self.layers if n in _RESERVED or "/" in n]
-        if bad:
-            raise ValueError(f"invalid layer name(s) {bad}: no '/' and not one of {_RESERVED}")
+    tmp: Path
+    old: Path | None
+    store: Path
+    manifest: dict
+    layers: dict[str, dict]
+    splits: dict[str, SplitPlan]
+    meta: dict
 
-    def __enter__(self) -> CacheWriter:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self._lock.acquire(timeout=0)
-        except Timeout:
-            raise CacheError(
-                f"another process is writing {self.path} (lock {self._lock.lock_file}); "
-                "wait for it to finish"
-            ) from None
-        self._check_manifest()
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self._lock.release()
+def missing_shards(store: ShardStore, plans: Mapping[str, SplitPlan]) -> list[ShardSpec]:
+    """Shards not on disk, or on disk but not exactly what their position says (deleted)."""
+    return [
+        spec
+        for plan in plans.values()
+        for spec in plan.shards
+        if store.read(spec, plan.ids, plan.labels) is None
+    ]
 
-    def _check_manifest(self) -> None:
-        manifest = {"layers": sorted(self.layers), "dtype": self.dtype.name}
-        mpath = self.parts / "manifest.json"
-        if mpath.is_file():
-            if json.loads(mpath.read_text()) == manifest:
-                return
-            shutil.rmtree(self.parts)
-        self.parts.mkdir(parents=True, exist_ok=True)
-        _atomic_write_bytes(mpath, json.dumps(manifest).encode())
 
-    def _shard_path(self, split: str, start: int) -> Path:
-        return self.parts / split / f"{start:012d}.npz"
-
-    def done_shards(self, split: str) -> set[int]:
-        """Source start indices of the shards already on disk for ``split``."""
-        folder = self.parts / split
-        if not folder.is_dir():
-            return set()
-        return {int(p.stem) for p in folder.glob("*.npz")}
-
-    def write_shard(
-        self,
-        split: str,
-        start: int,
-        *,
-        labels: np.ndarray,
-        ids: Sequence[str],
-        features: Mapping[str, np.ndarray],
-        skipped: Sequence[str] = (),
-    ) -> None:
-        """Atomically store rows that begin at source index ``start``."""
-        n = len(labels)
-        if n and set(features) != set(self.layers):
-            raise ValueError(
-                f"shard layers {sorted(features)} != writer layers {sorted(self.layers)}"
-            )
-        if len(ids) != n or any(len(a) != n for a in features.values()):
-            raise ValueError("labels, ids and every layer must have the same number of rows")
-        arrays = {
-            f"layer/{k}": np.asarray(v).astype(self.dtype, copy=False) for k, v in features.items()
-        }
-        arrays["labels"] = np.asarray(labels, dtype=np.int64)
-        arrays["ids"] = np.asarray(ids, dtype=str)
-        arrays["skipped"] = np.asarray(list(skipped), dtype=str)
-        target = self._shard_path(split, start)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(".tmp")
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
-            fh.flush()
+def assemble(path: Path, store: ShardStore, plans: Mapping[str, SplitPlan],
+             layers: Mapping[str, Mapping], meta: Mapping[str, Any]) -> Path:
+    """Write the finished cache at ``path`` from ``store``'s shards (plus the layers of any
+    finished file already there), then remove the shards. All or nothing."""
+    missing = missing_shards(store, plans)
+    if missing:
+        raise CacheError(
+            f"{len(missing)} shards of {path.name} are missing (first: {missing[0].split} "
+            f"rows {missing[0].start}..{missing[0].end - 1}); re-run the extraction to finish it"
+        )
+    old = path if path.is_file() else None
+    tmp = path.with_name(path.name + ".tmp")
+    job = _AssemblyJob(tmp, old, store.folder, store.manifest, {k: dict(v) for k, v in
+                       layers.items()}, dict(plans), dict(meta))
+    try:
+        _run_child(job)
+        with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
-        os.replace(tmp, target)
-
-    def _read(self, split: str, keys: Sequence[str]) -> Iterator[dict[str, np.ndarray]]:
-        """Only ``keys`` of each shard, in row order, one shard in memory at a time."""
-        for start in sorted(self.done_shards(split)):
-            with np.load(self._shard_path(split, start)) as z:
-                yield {k: z[k] for k in keys}
-
-    def finalize(self, plans: Mapping[str, SplitPlan]) -> Path:
-        """Assemble shards (plus any finished file's other layers) into the final file."""
-        tmp = self.path.with_name(self.path.name + ".tmp")
+        os.replace(tmp, path)
+    finally:
         tmp.unlink(missing_ok=True)
-        try:
-            with h5py.File(tmp, "w") as out:
-                old = FeatureCache(self.path) if self.path.is_file() else None
-                try:
-                    for split, plan in plans.items():
-                        self._write_split(out, split, plan, old)
-                    meta = dict(old.meta) if old else {}
-                finally:
-                    if old:
-                        old.close()
-                meta.update(self.meta)
-                meta.update(
-                    format_version=FORMAT_VERSION,
-                    created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                )
-                meta.setdefault(
-                    "fingerprint",
-                    hashlib.sha256(
-                        json.dumps(self.meta, sort_keys=True, default=str).encode()
-                    ).hexdigest(),
-                )
-                for key, value in meta.items():
-                    if key != "complete":
-                        out.attrs[key] = _json_attr(value)
-                out.attrs["complete"] = True
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        shutil.rmtree(self.parts, ignore_errors=True)
-        return self.path
+    store.remove()
+    return path
 
-    def _write_split(
-        self, out: h5py.File, split: str, plan: SplitPlan, old: FeatureCache | None
-    ) -> None:
-        index = list(self._read(split, ("labels", "ids", "skipped")))
-        group = out.create_group(split)
-        labels = np.concatenate([s["labels"] for s in index]) if index else np.zeros(0, np.int64)
-        ids = np.concatenate([s["ids"] for s in index]) if index else np.zeros(0, str)
-        skipped = [str(x) for s in index for x in s["skipped"]]
-        n = len(labels)
-        if n == 0:
-            raise CacheError(f"split {split!r} has no rows to write")
-        if n + len(skipped) != plan.n_source:
-            raise CacheError(
-                f"split {split!r}: shards cover {n + len(skipped)} of {plan.n_source} items; "
-                "re-run the extraction to finish it"
+
+def _run_child(job: _AssemblyJob) -> None:
+    """Run :func:`_write_file` in a fresh interpreter (not multiprocessing, which would
+    re-import a user's ``__main__``) and turn its outcome into the right error."""
+    package_root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (package_root, os.environ.get("PYTHONPATH")) if p)}
+    child = subprocess.run(
+        [sys.executable, "-c", "from extract.cache import _assembly_main; _assembly_main()"],
+        input=pickle.dumps(job), capture_output=True, env=env,
+        check=False,
+    )
+    try:
+        kind, code, message = pickle.loads(child.stdout)
+    except (pickle.UnpicklingError, EOFError, ValueError):
+        kind, code, message = "bug", None, child.stderr.decode(errors="replace")[-4000:]
+    if kind == "ok":
+        return
+    if kind == "cache":
+        raise CacheError(message)
+    if kind == "bug":
+        raise RuntimeError(
+            f"assembling {job.tmp} failed (exit code {child.returncode}):\n{message}"
+        )
+    if code in FULL_DISK:
+        raise EnvironmentFault(
+            f"disk full while writing {job.tmp.with_suffix('')}: {message}; free space and "
+            "re-run the same command (the computed shards are kept)"
+        )
+    raise EnvironmentFault(f"cannot write {job.tmp.with_suffix('')}: {message}")
+
+
+def _assembly_main() -> None:
+    """The child: a job on stdin, the outcome on stdout, then exit without HDF5's handlers
+    (after a failed write, tearing HDF5 down printed tracebacks and crashed)."""
+    job = pickle.loads(sys.stdin.buffer.read())
+    try:
+        _write_file(job)
+        outcome = ("ok", None, "")
+    except CacheError as exc:
+        outcome = ("cache", None, str(exc))
+    except OSError as exc:
+        outcome = ("os", exc.errno or errno.EIO, exc.strerror or str(exc))
+    except Exception as exc:
+        outcome = ("bug", None, "".join(traceback.format_exception(exc)).strip())
+    sys.stdout.buffer.write(pickle.dumps(outcome))
+    sys.stdout.flush()
+    os._exit(0 if outcome[0] == "ok" else 1)
+
+
+def _write_file(job: _AssemblyJob) -> None:
+    store = ShardStore(job.store, job.manifest)
+    old = FeatureCache(job.old) if job.old else None
+    layout: dict[str, Any] = {}
+    try:
+        with h5py.File(job.tmp, "w") as out:
+            for split, plan in job.splits.items():
+                layout[split] = _write_split(out, store, split, plan, old, job.layers)
+            meta = {**(old.meta if old else {}), **job.meta}
+            meta.update(
+                format_version=FORMAT_VERSION,
+                layout=layout,
+                created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             )
-        group.create_dataset("labels", data=labels)
-        group.create_dataset("ids", data=ids.astype(object), dtype=h5py.string_dtype())
-        group.attrs["view_names"] = json.dumps(list(plan.view_names))
-        group.attrs["skipped"] = json.dumps(skipped)
-        feats = group.create_group("features")
-        if old is not None and split in old.splits:
-            if not np.array_equal(old.ids(split), ids):
-                raise CacheError(f"{self.path}: rows of split {split!r} changed since last run")
-            for layer in old.layers(split):
-                if layer not in self.layers:
-                    old._file.copy(old._file[split]["features"][layer], feats, name=layer)
-        for layer, attrs in self.layers.items():
-            key = f"layer/{layer}"
-            ds, row = None, 0
-            for start, meta in zip(sorted(self.done_shards(split)), index, strict=True):
-                if not len(meta["labels"]):
-                    continue
-                with np.load(self._shard_path(split, start)) as z:
-                    block = z[key]
-                if ds is None:
-                    chunk_rows = max(1, min(n, (1 << 20) // max(1, block[0].nbytes)))
-                    ds = feats.create_dataset(
-                        layer, shape=(n, *block.shape[1:]), dtype=self.dtype,
-                        chunks=(chunk_rows, *block.shape[1:]),
-                    )
-                ds[row : row + len(block)] = block
-                row += len(block)
-            for name, value in attrs.items():
-                ds.attrs[name] = _json_attr(value)
+            for key, value in meta.items():
+                if key != "complete":
+                    out.attrs[key] = _json_attr(value)
+            out.attrs["complete"] = True
+    finally:
+        if old:
+            old.close()
+
+
+def _write_split(out: h5py.File, store: ShardStore, split: str, plan: SplitPlan,
+                 old: FeatureCache | None, layers: Mapping[str, Mapping]) -> dict:
+    shards = [store.read(spec, plan.ids, plan.labels) for spec in plan.shards]
+    if any(s is None for s in shards):
+        raise CacheError(f"a shard of split {split!r} vanished or changed during assembly")
+    rows = np.concatenate([s.rows for s in shards])
+    skipped = np.concatenate([s.skipped for s in shards]).astype(np.int64)
+    labels = np.asarray(plan.labels)[rows]
+    ids = [plan.ids[i] for i in rows]
+    if not len(rows):
+        raise CacheError(f"split {split!r} has no readable image")
+    group = out.create_group(split)
+    group.create_dataset("labels", data=labels, chunks=True, fletcher32=True)
+    group.create_dataset("ids", data=ids, dtype=h5py.string_dtype())
+    group.attrs.update(
+        view_names=json.dumps(list(plan.view_names)),
+        skipped=json.dumps([plan.ids[i] for i in np.sort(skipped)]),
+        n_source=len(plan.ids),
+        ids_sha256=ids_digest(ids, labels),
+    )
+    feats = group.create_group("features")
+    shapes: dict[str, tuple[list[int], str]] = {}
+    if old is not None and split in old.splits:
+        if not np.array_equal(old.ids(split), ids):
+            raise CacheError(f"the rows of split {split!r} changed since {old.path} was written")
+        for layer in old.layers(split):
+            if layer not in layers:
+                out.copy(old._file[split]["features"][layer], feats, name=layer)
+                shapes[layer] = (list(feats[layer].shape), feats[layer].dtype.name)
+    for layer, attrs in layers.items():
+        ds, lo = None, 0
+        for spec, shard in zip(plan.shards, shards, strict=True):
+            if not len(shard.rows):
+                continue
+            block = store.layer(spec, layer)
+            if ds is None:
+                shape = (len(rows), *block.shape[1:])
+                chunk = max(1, min(len(rows), CHUNK_BYTES // max(1, block[:1].nbytes)))
+                ds = feats.create_dataset(layer, shape=shape, dtype=store.dtype,
+                                          chunks=(chunk, *shape[1:]), fletcher32=True)
+            ds[lo : lo + len(block)] = block
+            lo += len(block)
+        for name, value in attrs.items():
+            ds.attrs[name] = _json_attr(value)
+        shapes[layer] = (list(shape), store.dtype.name)
+    return {"rows": len(rows), "layers": shapes}
 
 
 def write_cache(
@@ -423,24 +472,44 @@ def write_cache(
     splits: Mapping[str, Mapping[str, Any]],
     dtype: str = "float16",
 ) -> Path:
-    """Write a whole cache in one go (tests, small tools).
+    """Write a whole cache in one go (tests, benchmarks, small tools).
 
     ``splits[name]`` holds ``labels``, ``ids``, ``features`` ({layer: array}) and optionally
     ``view_names``.
     """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     first = next(iter(splits.values()))
     layers = {name: {"node": name, "pool": meta.get("pool", "avg")} for name in first["features"]}
-    with CacheWriter(path, meta=meta, layers=layers, dtype=dtype) as writer:
-        plans = {}
-        for split, data in splits.items():
-            writer.write_shard(
-                split, 0, labels=data["labels"], ids=data["ids"], features=data["features"]
-            )
-            plans[split] = SplitPlan(len(data["labels"]), tuple(data.get("view_names", ("full",))))
-        return writer.finalize(plans)
+    manifest = {"shard_rows": SHARD_ROWS, "dtype": dtype, "layers": sorted(layers), "key": "-"}
+    store = ShardStore.open(path.with_name(path.name + ".parts"), manifest)
+    plans = {}
+    for split, data in splits.items():
+        labels = np.asarray(data["labels"], dtype=np.int64)
+        specs = tuple(shard_specs(split, len(labels), SHARD_ROWS))
+        for spec in specs:
+            rows = np.arange(spec.start, spec.end)
+            store.write(spec, rows=rows, ids=[data["ids"][i] for i in rows], labels=labels[rows],
+                        features={k: np.asarray(v)[rows] for k, v in data["features"].items()})
+        plans[split] = SplitPlan(list(data["ids"]), labels,
+                                 tuple(data.get("view_names", ("full",))), specs)
+    return assemble(path, store, plans, layers, {"fingerprint": hashlib.sha256(
+        json.dumps(dict(meta), sort_keys=True, default=str).encode()).hexdigest(), **meta})
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+
+@contextlib.contextmanager
+def writer_lock(path: Path) -> Iterator[None]:
+    """Only one process extracts into ``path`` at a time; a second one gets a clear error."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path) + ".lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise CacheError(
+            f"another process is writing {path} (lock {lock.lock_file}); wait for it to finish"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()

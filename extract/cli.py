@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import logging
 import sys
 from collections.abc import Sequence
@@ -12,11 +11,13 @@ from pathlib import Path
 
 from .backbones import get_spec, list_backbones
 from .cache import FeatureCache, default_data_dir
-from .config import DEVICES, DTYPES, POOLS, ExtractConfig
+from .config import DEVICES, DTYPES, FINGERPRINTS, POOLS, ExtractConfig
 from .datasets import DATASETS
-from .errors import FeatcacheError
+from .distributed import ENGINES
+from .errors import run_command
 from .pictures import show as show_pictures
 from .pipeline import describe_layers, run_extraction
+from .runtimes import RUNTIMES
 
 DEFAULTS = {f.name: f.default for f in fields(ExtractConfig)}
 
@@ -40,13 +41,21 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--dataset",
         default=DEFAULTS["dataset"],
-        help=f"registered name ({', '.join(DATASETS)}) or an ImageFolder directory "
-        "(train/ and test/ subfolders are taken as splits) [%(default)s]",
+        help=f"registered name ({', '.join(DATASETS)}), a folder of class folders (train/, "
+        "val/, test/ subfolders are taken as splits), or a CSV manifest path,label[,split] "
+        "[%(default)s]",
+    )
+    run.add_argument(
+        "--name",
+        default=None,
+        help="readable dataset name for the cache and stage two [the registry name or the "
+        "folder's base name]",
     )
     run.add_argument(
         "--backbone",
         default=DEFAULTS["backbone"],
-        help="registered backbone (see `list`) or any torchvision model name [%(default)s]",
+        help="registered backbone (see `list`), any torchvision model name, or "
+        "timm/<model> [%(default)s]",
     )
     run.add_argument(
         "--layers",
@@ -80,14 +89,34 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--batch-size",
         type=int,
-        default=DEFAULTS["batch_size"],
-        help="images per batch, and views per forward pass [%(default)s]",
+        default=None,
+        help="views per forward pass [the fastest on this machine: a probe of a few seconds, "
+        "its choice kept in <data dir>/probe.json]",
+    )
+    run.add_argument(
+        "--runtime",
+        default=DEFAULTS["runtime"],
+        help=f"forward-pass runtime: auto, {', '.join(RUNTIMES)} [auto: openvino on a CPU where "
+        "it is installed (pip install 'featcache[openvino]'), else eager PyTorch]",
+    )
+    run.add_argument(
+        "--engine",
+        default=DEFAULTS["engine"],
+        help=f"{', '.join(ENGINES)}: one process, or Ray workers (pip install "
+        "'featcache[ray]'; RAY_ADDRESS=auto joins a running cluster) [%(default)s]",
+    )
+    run.add_argument(
+        "--shard-rows",
+        type=int,
+        default=DEFAULTS["shard_rows"],
+        help="images per shard, the unit of resume and of Ray's work; fixed when a cache is "
+        "started (a resumed run keeps the first run's) [%(default)s]",
     )
     run.add_argument(
         "--workers",
         type=int,
         default=None,
-        help="image-decoding worker processes [1 on CPU, up to 8 on GPU]",
+        help="Ray workers (--engine ray) [one per GPU, else one]",
     )
     run.add_argument(
         "--device", default=DEFAULTS["device"], help=f"{', '.join(DEVICES)} [%(default)s]"
@@ -98,6 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=default_data_dir(),
         help="where caches and downloads go, and where existing dataset copies are "
         "looked for (env FEATCACHE_DATA_DIR) [%(default)s]",
+    )
+    run.add_argument(
+        "--fingerprint",
+        default=DEFAULTS["fingerprint"],
+        help=f"how a folder's images are identified: {', '.join(FINGERPRINTS)} (path, size and "
+        "mtime; or every byte, for file systems whose mtimes lie) [%(default)s]",
     )
     run.add_argument(
         "--skip-bad",
@@ -166,7 +201,10 @@ def _run(args: argparse.Namespace) -> None:
         summary = f"cache hit ({result.seconds:.1f} s, no model loaded)"
     else:
         rate = result.images / max(result.seconds, 1e-9)
-        summary = f"wrote {result.images} images in {result.seconds:.1f} s ({rate:.1f} img/s)"
+        summary = (
+            f"wrote {result.images} images in {result.seconds:.1f} s ({rate:.1f} img/s; "
+            f"{result.shards} shards, {result.worker}, engine {result.engine})"
+        )
     print(f"{summary}\n  {shapes}", file=sys.stderr)
     print(result.path)
 
@@ -179,10 +217,12 @@ def _layers(args: argparse.Namespace) -> None:
 
 
 def _list(_: argparse.Namespace) -> None:
-    print("backbones:", ", ".join(list_backbones()), "(or any torchvision model name)")
+    print("backbones:", ", ".join(list_backbones()),
+          "(or any torchvision model name, or timm/<model>)")
     for name, entry in DATASETS.items():
         print(f"dataset {name:<9} {entry.description}")
-    print("dataset <dir>     any ImageFolder directory")
+    print("dataset <dir>     a folder of class folders, optionally under train/ val/ test/")
+    print("dataset <x.csv>   a manifest: path,label[,split], paths relative to it")
 
 
 def _show(args: argparse.Namespace) -> None:
@@ -193,24 +233,9 @@ def _show(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        commands = {"run": _run, "layers": _layers, "list": _list, "show": _show}
-        commands[args.command](args)
-    except FeatcacheError as exc:
-        print(f"extract: error: {exc}", file=sys.stderr)
-        return exc.exit_status
-    except KeyboardInterrupt:
-        print(
-            "extract: interrupted; finished shards are kept; re-run the same command to resume",
-            file=sys.stderr,
-        )
-        return 130
-    except OSError as exc:
-        if exc.errno != errno.ENOSPC:
-            raise
-        print(
-            f"extract: error: disk full ({exc.filename or exc}); free space and re-run to resume",
-            file=sys.stderr,
-        )
-        return 1
-    return 0
+    commands = {"run": _run, "layers": _layers, "list": _list, "show": _show}
+    return run_command(
+        "extract",
+        lambda: commands[args.command](args),
+        resume_hint="finished shards are kept; re-run the same command to resume",
+    )

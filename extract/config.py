@@ -7,28 +7,39 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .cache import default_data_dir
+from .distributed import ENGINES
 from .errors import UsageError
-from .views import VIEW_NAMES
+from .layouts import FINGERPRINT_MODES as FINGERPRINTS
+from .preprocess import VIEW_NAMES
+from .runtimes import RUNTIMES
+from .shards import SHARD_ROWS
 
 POOLS = ("avg", "max", "none")
 DTYPES = ("float16", "float32")
 DEVICES = ("auto", "cpu", "cuda")
 FLATTEN_LIMIT = 100_000
+RESOLUTION_RANGE = (16, 2048)
+MAX_SEED = 2**32 - 1
 
 
 @dataclass(frozen=True)
 class ExtractConfig:
     dataset: str = "digits"
+    name: str | None = None
     backbone: str = "efficientnet_lite0"
     layers: tuple[str, ...] = ("pool",)
     pool: str = "avg"
     resolution: int | None = None
     crops: str = "1"
     dtype: str = "float16"
-    batch_size: int = 32
+    batch_size: int | None = None
+    engine: str = "local"
+    shard_rows: int = SHARD_ROWS
     workers: int | None = None
     device: str = "auto"
+    runtime: str = "auto"  # auto: openvino on a CPU where it is installed, else eager
     data_dir: Path = field(default_factory=default_data_dir)
+    fingerprint: str = "stat"
     skip_bad: bool = False
     force: bool = False
     test_fraction: float = 0.2
@@ -39,17 +50,30 @@ class ExtractConfig:
         _choice("pool", self.pool, POOLS)
         _choice("dtype", self.dtype, DTYPES)
         _choice("device", self.device, DEVICES)
+        _choice("engine", self.engine, ENGINES)
+        _choice("runtime", self.runtime, ("auto", *RUNTIMES))
+        _choice("fingerprint", self.fingerprint, FINGERPRINTS)
         if not self.layers:
             raise UsageError("layers: give at least one layer name")
-        for name, value, low in (
-            ("batch size", self.batch_size, 1),
-            ("resolution", self.resolution, 16),
-            ("limit", self.limit, 1),
-            ("workers", self.workers, 0),
+        low, high = RESOLUTION_RANGE
+        for name, value, lo, hi in (
+            ("batch size", self.batch_size, 1, 4096),
+            ("resolution", self.resolution, low, high),
+            ("limit", self.limit, 1, None),
+            ("workers", self.workers, 1, None),
+            ("seed", self.seed, 0, MAX_SEED),
+            ("shard rows", self.shard_rows, 1, None),
         ):
-            if value is not None and value < low:
-                raise UsageError(f"{name} {value} is out of range; it must be >= {low}")
-        self.views_per_split({"train": None, "test": None})
+            if value is not None and (value < lo or (hi is not None and value > hi)):
+                bounds = f"between {lo} and {hi}" if hi is not None else f">= {lo}"
+                raise UsageError(f"{name} {value} is out of range; it must be {bounds}")
+        if not 0.0 < self.test_fraction < 1.0:
+            raise UsageError(f"test fraction {self.test_fraction} must be in (0, 1)")
+        if self.workers is not None and self.engine != "ray":
+            raise UsageError(f"workers {self.workers} applies to ENGINE=ray only")
+        if self.name is not None and (not self.name.strip() or "/" in self.name):
+            raise UsageError(f"name {self.name!r} must be non-empty and hold no '/'")
+        self.views_per_split(dict.fromkeys(("train", "val", "test")))
 
     def views_per_split(self, splits: Mapping[str, object]) -> dict[str, int]:
         """Parse ``crops``: ``N`` for every split, or ``split:N[,split:N]`` (others get 1)."""

@@ -1,9 +1,15 @@
-"""Dataset registry: a name (or an ImageFolder directory) becomes labelled splits of images."""
+"""Dataset registry: a name, an ImageFolder directory or a CSV manifest becomes labelled splits.
+
+Registered names (digits, MNIST, CIFAR) are arrays, fingerprinted by hashing the arrays;
+folders and manifests (:mod:`extract.layouts`) are fingerprinted per file, by path + size +
+mtime_ns (``fingerprint="stat"``, fast) or by every file's bytes (``"content"``, for file
+systems whose mtimes cannot be trusted). ``ImageDataset.fingerprint_mode`` says which.
+"""
 
 from __future__ import annotations
 
 import hashlib
-import os
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,19 +18,21 @@ import numpy as np
 from PIL import Image
 
 from .errors import UsageError
+from .images import Source
+from .layouts import FINGERPRINT_MODES, SPLIT_NAMES, FileList, read_manifest, scan_folder
+from .layouts import fingerprint as layout_fingerprint
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+log = logging.getLogger(__name__)
 
 
 class FileImages:
-    """Picklable loader of image files by index."""
+    """Picklable loader by index: the file's path (decoded later, so JPEGs can decode reduced)."""
 
     def __init__(self, paths: list[Path]) -> None:
         self.paths = paths
 
-    def __call__(self, i: int) -> Image.Image:
-        with Image.open(self.paths[i]) as im:
-            return im.convert("RGB")
+    def __call__(self, i: int) -> Path:
+        return self.paths[i]
 
 
 class ArrayImages:
@@ -39,11 +47,15 @@ class ArrayImages:
 
 @dataclass(frozen=True)
 class Split:
-    """One split: identifiers, integer labels and a loader ``load(i) -> RGB PIL image``."""
+    """One split: identifiers, integer labels and ``load(i) -> source`` (a path or PIL image).
+
+    A source becomes pixels through ``spec.preprocess(res).views(n)(source)``, or
+    :func:`extract.images.decode`.
+    """
 
     ids: list[str]
     labels: np.ndarray
-    load: Callable[[int], Image.Image]
+    load: Callable[[int], Source]
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -58,10 +70,10 @@ class Split:
 
 
 class _Reindexed:
-    def __init__(self, load: Callable[[int], Image.Image], rows: np.ndarray) -> None:
+    def __init__(self, load: Callable[[int], Source], rows: np.ndarray) -> None:
         self.load, self.rows = load, rows
 
-    def __call__(self, i: int) -> Image.Image:
+    def __call__(self, i: int) -> Source:
         return self.load(int(self.rows[i]))
 
 
@@ -77,6 +89,7 @@ class ImageDataset:
     splits: Mapping[str, Split]
     native_size: int | None = None
     extra: Mapping[str, str] = field(default_factory=dict)
+    fingerprint_mode: str = "arrays"
 
     def limited(self, limit: int | None, seed: int) -> ImageDataset:
         """A stratified, seeded subset of at most ``limit`` items per split (tests, benchmarks).
@@ -98,6 +111,7 @@ class ImageDataset:
             splits,
             self.native_size,
             {**self.extra, "limit": str(limit)},
+            self.fingerprint_mode,
         )
 
 
@@ -122,7 +136,7 @@ def _hash_arrays(*arrays: np.ndarray) -> str:
 def _split_once(
     ids: list[str],
     labels: np.ndarray,
-    load: Callable[[int], Image.Image],
+    load: Callable[[int], Source],
     test_fraction: float,
     seed: int,
 ) -> tuple[dict[str, Split], str]:
@@ -211,49 +225,88 @@ def _open_torchvision(cls: type, data_dir: Path, train: bool) -> object:
         ) from None
 
 
-def _list_classes(folder: Path) -> list[str]:
-    return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+def _class_order(names: set[str]) -> list[str]:
+    """Sorted class names; numerically where every name is an integer (CSV labels 2 < 10)."""
+    if all(n.lstrip("-").isdigit() for n in names):
+        return sorted(names, key=int)
+    return sorted(names)
 
 
-def _list_images(folder: Path, classes: list[str]) -> tuple[list[Path], np.ndarray]:
-    paths, labels = [], []
-    for label, name in enumerate(classes):
-        cdir = folder / name
-        if not cdir.is_dir():
-            continue
-        for root, dirs, files in os.walk(cdir):
-            dirs.sort()
-            for f in sorted(files):
-                if f.lower().endswith(IMAGE_EXTENSIONS):
-                    paths.append(Path(root) / f)
-                    labels.append(label)
-    return paths, np.asarray(labels, dtype=np.int64)
-
-
-def _folder(path: Path, test_fraction: float, seed: int) -> ImageDataset:
-    path = path.resolve()
-    has_splits = (path / "train").is_dir() and (path / "test").is_dir()
-    classes = _list_classes(path / "train" if has_splits else path)
-    if not classes:
+def _check_classes(files: FileList, classes: list[str], where: str) -> dict[str, str]:
+    """A class missing from train is an error; from val or test, a named warning."""
+    if files.splits is None:
+        return {}
+    present = {s: {c for c, t in zip(files.labels, files.splits, strict=True) if t == s}
+               for s in dict.fromkeys(files.splits)}
+    missing = {s: [c for c in classes if c not in have] for s, have in present.items()}
+    if missing.get("train"):
+        found = [f"{c} (in {'/'.join(s for s in present if c in present[s])})"
+                 for c in missing["train"]]
         raise UsageError(
-            f"no class folders in {path} (expected <class>/<image> or train/ and test/)"
+            f"class(es) {', '.join(found)} of {where} have no train images; add training "
+            "images or remove them"
         )
-    fp = hashlib.sha256()
-    splits: dict[str, Split] = {}
-    for split in ("train", "test") if has_splits else ("all",):
-        folder = path / split if has_splits else path
-        paths, labels = _list_images(folder, classes)
-        if not paths:
-            raise UsageError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {folder}")
-        ids = [str(p.relative_to(path)) for p in paths]
-        for p, i in zip(paths, ids, strict=True):
-            fp.update(f"{i}|{p.stat().st_size}\n".encode())
-        splits[split] = Split(ids, labels, FileImages(paths))
-    rule = "official"
-    if not has_splits:
-        whole = splits.pop("all")
-        splits, rule = _split_once(whole.ids, whole.labels, whole.load, test_fraction, seed)
-    return ImageDataset(path.name, str(path), fp.hexdigest(), classes, rule, splits)
+    notes = {f"missing_classes_{s}": ", ".join(m) for s, m in missing.items() if m}
+    for key, names in notes.items():
+        log.warning("%s: no %s images of class(es) %s", where, key.rsplit("_", 1)[1], names)
+    return notes
+
+
+def _from_files(
+    name: str,
+    source: Path,
+    files: FileList,
+    fingerprint: str,
+    fingerprint_mode: str,
+    test_fraction: float,
+    seed: int,
+) -> ImageDataset:
+    """Splits from a file list: as given, with test carved from train where none is given."""
+    classes = _class_order(set(files.labels))
+    extra = _check_classes(files, classes, str(source))
+    index = {c: i for i, c in enumerate(classes)}
+    labels = np.asarray([index[c] for c in files.labels], dtype=np.int64)
+    given = files.splits or ["train"] * len(files.ids)
+    splits = {}
+    for split in (s for s in SPLIT_NAMES if s in given):
+        rows = np.asarray([i for i, s in enumerate(given) if s == split])
+        splits[split] = Split([files.ids[i] for i in rows], labels[rows],
+                              FileImages([files.paths[i] for i in rows]))
+    if "test" in splits:
+        rule = "official"
+    else:
+        carved, rule = _split_once(
+            splits["train"].ids, splits["train"].labels, splits["train"].load,
+            test_fraction, seed,
+        )
+        if files.splits is not None:
+            rule = f"{' and '.join(splits)} given ({files.layout}); test carved from train: {rule}"
+        splits = {**splits, **carved}
+    return ImageDataset(
+        name, str(source), fingerprint, classes, rule, splits,
+        extra=extra, fingerprint_mode=fingerprint_mode,
+    )
+
+
+def _where(path: Path, mode: str) -> bytes:
+    """In ``stat`` mode the location is part of the identity: another folder with the same
+    names, sizes and mtimes is another dataset. ``content`` identifies by bytes alone."""
+    return f"root={path}\n".encode() if mode == "stat" else b""
+
+
+def _folder(path: Path, test_fraction: float, seed: int, mode: str) -> ImageDataset:
+    path = path.resolve()
+    files = scan_folder(path)
+    fp = layout_fingerprint(files.ids, files.paths, mode, header=_where(path, mode))
+    return _from_files(path.name, path, files, fp, mode, test_fraction, seed)
+
+
+def _manifest(path: Path, test_fraction: float, seed: int, mode: str) -> ImageDataset:
+    path = path.resolve()
+    files = read_manifest(path)
+    fp = layout_fingerprint(files.ids, files.paths, mode,
+                            header=_where(path, mode) + path.read_bytes())
+    return _from_files(path.stem, path, files, fp, mode, test_fraction, seed)
 
 
 @dataclass(frozen=True)
@@ -271,15 +324,30 @@ DATASETS: Mapping[str, DatasetEntry] = {
 
 
 def open_dataset(
-    name: str, data_dir: Path | str = "data", *, test_fraction: float = 0.2, seed: int = 0
+    name: str,
+    data_dir: Path | str = "data",
+    *,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    fingerprint: str = "stat",
 ) -> ImageDataset:
-    """A registered dataset by name, or any ImageFolder directory by path."""
+    """A registered dataset by name, an ImageFolder directory, or a ``.csv`` manifest.
+
+    ``fingerprint`` (``stat`` or ``content``) applies to folders and manifests; registered
+    datasets always hash their arrays (``fingerprint_mode == "arrays"``).
+    """
+    if fingerprint not in FINGERPRINT_MODES:
+        raise UsageError(
+            f"unknown fingerprint mode {fingerprint!r}; valid: {', '.join(FINGERPRINT_MODES)}"
+        )
     if name in DATASETS:
         return DATASETS[name].build(Path(data_dir), test_fraction, seed)
     path = Path(name).expanduser()
     if path.is_dir():
-        return _folder(path, test_fraction, seed)
+        return _folder(path, test_fraction, seed, fingerprint)
+    if path.suffix.lower() == ".csv" and path.is_file():
+        return _manifest(path, test_fraction, seed, fingerprint)
     raise UsageError(
-        f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}, "
-        "or a directory in ImageFolder layout"
+        f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}, a directory in ImageFolder "
+        "layout, or a .csv manifest (path,label[,split])"
     )

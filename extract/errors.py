@@ -5,6 +5,14 @@ input (an option, a dataset, a cache), 1 for a fault of the environment (a full 
 read-only folder, weights that cannot be fetched).
 """
 
+from __future__ import annotations
+
+import errno
+import signal
+import sys
+import threading
+from collections.abc import Callable
+
 
 class FeatcacheError(Exception):
     """Base of every error meant for the user; the message names the bad value and the fix."""
@@ -24,3 +32,57 @@ class EnvironmentFault(FeatcacheError):
     """The machine, not the input: no space left, a read-only folder, unreachable weights."""
 
     exit_status = 1
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that clean-up runs as for Ctrl-C."""
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_DENIED = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for an OSError, with the fix where there is an obvious one."""
+    where = f" ({exc.filename})" if exc.filename else ""
+    reason = exc.strerror or str(exc)
+    if exc.errno in _FULL:
+        return f"disk full{where}: {reason}; free space and re-run the same command"
+    if exc.errno in _DENIED:
+        return (f"cannot write{where}: {reason}; choose a writable data folder "
+                "(DATA_DIR=..., --data-dir, or FEATCACHE_DATA_DIR)")
+    return f"{reason}{where}"
+
+
+def run_command(prog: str, command: Callable[[], object], *, resume_hint: str = "") -> int:
+    """Run one command-line action; errors for users become one line on stderr and a status.
+
+    FeatcacheError: its message and ``exit_status``; OSError (the environment): 1; Ctrl-C:
+    130; SIGTERM: 143. Anything else is a bug and keeps its traceback.
+    """
+    def terminate(signum: int, frame: object) -> None:
+        raise Terminated
+
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        command()
+        return 0
+    except FeatcacheError as exc:
+        _say(prog, f"error: {exc}")
+        return exc.exit_status
+    except OSError as exc:
+        _say(prog, f"error: {describe_os_error(exc)}")
+        return 1
+    except KeyboardInterrupt as exc:
+        what = "terminated" if isinstance(exc, Terminated) else "interrupted"
+        _say(prog, f"{what}{'; ' + resume_hint if resume_hint else ''}")
+        return 143 if isinstance(exc, Terminated) else 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _say(prog: str, message: str) -> None:
+    print(f"{prog}: {' '.join(message.split())}", file=sys.stderr)

@@ -8,12 +8,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from matplotlib.figure import Figure
-from PIL import Image
 from torch import nn
 
 from .backbones import BackboneSpec, load_backbone, make_feature_extractor, resolve_layers
 from .errors import UsageError
-from .views import MakeViews, normalize
+from .preprocess import normalize
 
 MAPS_PER_LAYER = 8
 
@@ -42,10 +41,9 @@ def activation_maps(
     """The image as the network sees it, and each layer's ``[C, H, W]`` activations."""
     extractor = make_feature_extractor(model, spec, resolve_layers(spec, layers))
     try:
-        rgb = Image.open(image).convert("RGB")
+        view = spec.preprocess().views(1)(image)
     except OSError as exc:
         raise UsageError(f"cannot read image {image}: {exc}") from None
-    view = MakeViews(spec.input_size, 1, spec.interpolation, spec.crop_pct)(rgb)
     with torch.inference_mode():
         out = extractor(normalize(view, spec.mean, spec.std))
     maps = {name: tensor[0].float().numpy() for name, tensor in out.items()}

@@ -1,31 +1,27 @@
-"""Stage one: stream a dataset through a frozen backbone into a resumable HDF5 feature cache."""
+"""Stage one: plan, find or verify the cache, compute the missing shards, assemble the file."""
 
 from __future__ import annotations
 
-import importlib.metadata as md
 import logging
-import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .backbones import BackboneSpec, get_spec, load_backbone, make_feature_extractor, resolve_layers
-from .backbones import weights_sha256 as backbone_sha256
-from .cache import CacheKey, CacheWriter, FeatureCache, SplitPlan
-from .config import FLATTEN_LIMIT, ExtractConfig
-from .datasets import ImageDataset, Split, open_dataset
-from .errors import UsageError
-from .views import MakeViews, normalize, view_names
+from .backbones import get_spec, load_backbone, make_feature_extractor, resolve_layers
+from .cache import FeatureCache, assemble, missing_shards, writer_lock
+from .config import ExtractConfig
+from .errors import CacheError
+from .plan import ExtractPlan, plan_extraction
+from .runtimes import resolve_runtime
+from .shards import ShardSpec, ShardStore
+from .worker import ShardWorker, resolve_device
 
 log = logging.getLogger(__name__)
-SHARD_BATCHES = 16
-PACKAGES = ("torch", "torchvision", "timm", "h5py", "numpy", "pillow", "featcache")
 
 
 @dataclass(frozen=True)
@@ -34,271 +30,101 @@ class ExtractResult:
     cached: bool
     images: int
     seconds: float
+    shards: int = 0
+    worker: str | None = None  # runtime and batch size of the workers, where any ran
+    engine: str = "local"
 
 
-class _Items(Dataset):
-    """Rows of a split -> (row, uint8 views or None, error text); errors never raise here."""
-
-    def __init__(self, split: Split, rows: np.ndarray, make_views: MakeViews) -> None:
-        self.split, self.rows, self.make_views = split, rows, make_views
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, k: int) -> tuple[int, torch.Tensor | None, str]:
-        row = int(self.rows[k])
-        try:
-            return row, self.make_views(self.split.load(row)), ""
-        except Exception as exc:
-            return row, None, f"{type(exc).__name__}: {exc}"
+def _inspect(path: Path) -> tuple[tuple[int, int] | None, set[str], str | None]:
+    """(file identity, layers of every split, problem): a finished cache checked in full."""
+    seen = _identity(path)
+    if seen is None:
+        return None, set(), None
+    try:
+        with FeatureCache(path) as cache:
+            cache.verify()
+            return seen, set.intersection(*(set(cache.layers(s)) for s in cache.splits)), None
+    except CacheError as exc:
+        return seen, set(), str(exc)
 
 
-def _collate(items: list[tuple[int, torch.Tensor | None, str]]) -> tuple:
-    rows = [r for r, _, _ in items]
-    good = [x for _, x, _ in items if x is not None]
-    errors = [(r, e) for r, x, e in items if x is None]
-    return rows, (torch.stack(good) if good else None), errors
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns
 
 
-def plan_cache(cfg: ExtractConfig) -> tuple[ImageDataset, BackboneSpec, CacheKey, dict[str, int]]:
-    """Everything that names the cache file, without loading any weights."""
-    spec = get_spec(cfg.backbone)
-    dataset = open_dataset(
-        cfg.dataset, cfg.data_dir, test_fraction=cfg.test_fraction, seed=cfg.seed
-    ).limited(cfg.limit, cfg.seed)
-    views = cfg.views_per_split(dataset.splits)
-    tag = (
-        "v" + "-".join(f"{s}{views[s]}" for s in sorted(views))
-        if len(set(views.values())) > 1
-        else f"v{next(iter(views.values()))}"
-    )
-    key = CacheKey(
-        dataset=dataset.name,
-        source=dataset.fingerprint,
-        backbone=spec.name,
-        weights=spec.weights,
-        resolution=cfg.resolution or spec.input_size,
-        views=tag,
-        pool=cfg.pool,
-        dtype=cfg.dtype,
-        split_rule=dataset.split_rule,
-    )
-    return dataset, spec, key, views
+def _move_aside(path: Path, problem: str) -> None:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    aside = path.with_name(f"{path.name}.damaged-{stamp}")
+    path.replace(aside)
+    log.warning("%s failed its check (%s); moved it to %s and rebuilding", path, problem, aside)
 
 
-def _present_layers(path: Path) -> set[str]:
-    if not path.is_file():
-        return set()
-    with FeatureCache(path) as cache:
-        return set.intersection(*(set(cache.layers(s)) for s in cache.splits))
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError(
-            "device 'cuda' requested but no CUDA device is available; valid: cpu, auto"
-        )
-    return torch.device(name)
-
-
-def _versions() -> dict[str, str]:
-    out = {}
-    for pkg in PACKAGES:
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
+def _todo_layers(plan: ExtractPlan, present: set[str]) -> list[str]:
+    """Requested layers the file lacks; a resumable shard folder's layer set when it has them."""
+    todo = [name for name in plan.cfg.layers if name not in present]
+    found = plan.existing_manifest()
+    if todo and found and found.get("key") == plan.key.digest():
+        earlier = [name for name in found.get("layers", []) if name in plan.taps]
+        if set(todo) <= set(earlier) and len(earlier) == len(found["layers"]):
+            return earlier
+    return todo
 
 
 def run_extraction(cfg: ExtractConfig, *, progress: bool = True) -> ExtractResult:
     """Extract every split, resuming an interrupted run; a cache hit loads no model."""
     start = time.perf_counter()
-    dataset, spec, key, views = plan_cache(cfg)
-    path = key.path(cfg.data_dir)
-    nodes = resolve_layers(spec, cfg.layers)
-    todo = {name: node for name, node in nodes.items() if name not in _present_layers(path)}
-    if not todo:
-        log.info("cache hit: %s", path)
-        return ExtractResult(path, True, 0, time.perf_counter() - start)
-    device = _device(cfg.device)
-    model, spec = load_backbone(spec.name)
-    extractor = make_feature_extractor(model, spec, todo).to(
-        device, memory_format=torch.channels_last
-    )
-    meta = {
-        "dataset": dataset.name,
-        "dataset_source": dataset.source,
-        "dataset_fingerprint": dataset.fingerprint,
-        "split_rule": dataset.split_rule,
-        "class_names": dataset.class_names,
-        "backbone": spec.name,
-        "weights": spec.weights,
-        "weights_sha256": backbone_sha256(spec) or "random-init",
-        "resolution": key.resolution,
-        "interpolation": spec.interpolation,
-        "crop_pct": spec.crop_pct,
-        "mean": list(spec.mean),
-        "std": list(spec.std),
-        "views": views,
-        "pool": cfg.pool,
-        "dtype": cfg.dtype,
-        "device": device.type,
-        "versions": _versions(),
-        "command": " ".join(sys.argv),
-        "fingerprint": key.digest(),
-        **{f"dataset_{k}": v for k, v in dataset.extra.items()},
-    }
-    layer_attrs = {name: {"node": node, "pool": cfg.pool} for name, node in todo.items()}
-    runner = _Runner(extractor, spec, key.resolution, cfg, device)
-    total = sum(len(s) for s in dataset.splits.values())
-    with (
-        CacheWriter(path, meta=meta, layers=layer_attrs, dtype=cfg.dtype) as writer,
-        tqdm(total=total, unit="img", disable=not progress, desc=dataset.name) as bar,
-    ):
-        for name, split in dataset.splits.items():
-            bar.set_postfix_str(name)
-            runner.run_split(writer, name, split, views[name], dataset.native_size, bar)
-        writer.finalize(
-            {n: SplitPlan(len(s), view_names(views[n])) for n, s in dataset.splits.items()}
-        )
-    return ExtractResult(path, False, runner.images, time.perf_counter() - start)
+    plan = plan_extraction(cfg)
+    seen, present, problem = _inspect(plan.path)
+    if seen and not problem and set(cfg.layers) <= present:
+        log.info("cache hit: %s", plan.path)
+        return ExtractResult(plan.path, True, 0, time.perf_counter() - start)
+    with writer_lock(plan.path):
+        if _identity(plan.path) != seen:
+            seen, present, problem = _inspect(plan.path)
+        if problem:
+            _move_aside(plan.path, problem)
+            present = set()
+        todo = _todo_layers(plan, present)
+        found = plan.existing_manifest()
+        rows = found["shard_rows"] if found and found.get("key") == plan.key.digest() else None
+        store = ShardStore.open(plan.parts, plan.manifest(todo, rows or cfg.shard_rows))
+        plans = plan.split_plans(store.shard_rows)
+        missing = missing_shards(store, plans)
+        total = sum(len(s) for s in plan.dataset.splits.values())
+        done = total - sum(s.end - s.start for s in missing)
+        with tqdm(total=total, initial=done, unit="img", disable=not progress,
+                  desc=plan.dataset.name) as bar:
+            images, about = _run_local(plan, store, missing, bar.update) if cfg.engine == "local" \
+                else _run_ray(plan, store, missing, bar.update)
+        runtime = about[0] if about else resolve_runtime(cfg.runtime, resolve_device(cfg.device))
+        log.info("assembling %s from %d shards", plan.path.name, sum(len(p.shards)
+                                                                     for p in plans.values()))
+        assemble(plan.path, store, plans, plan.layer_attrs(list(store.layers)),
+                 {**plan.meta, "runtime": runtime})
+    return ExtractResult(plan.path, False, images, time.perf_counter() - start,
+                         len(missing), about[1] if about else None, cfg.engine)
 
 
-class _Runner:
-    """Batches -> device -> extractor -> pooled numpy shards, one split at a time."""
+def _run_local(plan: ExtractPlan, store: ShardStore, shards: list[ShardSpec],
+               on_rows: Callable[[int], object]) -> tuple[int, tuple[str, str] | None]:
+    if not shards:
+        return 0, None
+    worker = ShardWorker(plan, store, device=plan.cfg.device)
+    try:
+        return sum(worker.compute(spec, on_rows) for spec in shards), worker.describe()
+    finally:
+        worker.close()
 
-    def __init__(
-        self,
-        extractor: torch.nn.Module,
-        spec: BackboneSpec,
-        resolution: int,
-        cfg: ExtractConfig,
-        device: torch.device,
-    ) -> None:
-        self.extractor, self.spec, self.res, self.cfg, self.device = (
-            extractor,
-            spec,
-            resolution,
-            cfg,
-            device,
-        )
-        self.images = 0
 
-    def _loader(self, split: Split, rows: np.ndarray, views: int, native: int | None) -> DataLoader:
-        on_gpu = self.device.type == "cuda"
-        size = native if on_gpu and views == 1 and native and native < self.res else self.res
-        make = MakeViews(size, views, self.spec.interpolation, self.spec.crop_pct)
-        workers = self.cfg.workers
-        if workers is None:
-            workers = min(8, torch.get_num_threads()) if on_gpu else 1
-        return DataLoader(
-            _Items(split, rows, make),
-            batch_size=self.cfg.batch_size,
-            shuffle=False,
-            num_workers=workers,
-            collate_fn=_collate,
-            pin_memory=on_gpu,
-            persistent_workers=False,
-            prefetch_factor=4 if workers else None,
-        )
+def _run_ray(plan: ExtractPlan, store: ShardStore, shards: list[ShardSpec],
+             on_rows: Callable[[int], object]) -> tuple[int, tuple[str, str] | None]:
+    from .distributed import run_shards
 
-    def run_split(
-        self,
-        writer: CacheWriter,
-        name: str,
-        split: Split,
-        views: int,
-        native: int | None,
-        bar: tqdm,
-    ) -> None:
-        shard = self.cfg.batch_size * SHARD_BATCHES
-        done = writer.done_shards(name)
-        starts = [s for s in range(0, len(split), shard) if s not in done]
-        bar.update(len(split) - sum(min(shard, len(split) - s) for s in starts))
-        if not starts:
-            return
-        rows = np.concatenate([np.arange(s, min(s + shard, len(split))) for s in starts])
-        buffers: dict[int, list] = {}
-        for batch_rows, x, errors in self._loader(split, rows, views, native):
-            start = batch_rows[0] // shard * shard
-            bad = self._check_errors(split, errors)
-            keep = [r for r in batch_rows if r not in bad]
-            feats = self._forward(x) if x is not None else {}
-            buffers.setdefault(start, []).append((keep, feats, [split.ids[r] for r in bad]))
-            bar.update(len(batch_rows))
-            self.images += len(keep)
-            end = min(start + shard, len(split))
-            if batch_rows[-1] == end - 1:
-                self._flush(writer, name, split, start, buffers.pop(start))
-
-    def _check_errors(self, split: Split, errors: list[tuple[int, str]]) -> set[int]:
-        for row, err in errors:
-            if not self.cfg.skip_bad:
-                raise UsageError(
-                    f"cannot read image {split.ids[row]!r} ({err}); fix or remove it, "
-                    "or pass SKIP_BAD=1 (--skip-bad) to skip and record it"
-                )
-            log.warning("skipping unreadable image %s (%s)", split.ids[row], err)
-        return {row for row, _ in errors}
-
-    def _flush(self, writer: CacheWriter, name: str, split: Split, start: int, parts: list) -> None:
-        rows = [r for keep, _, _ in parts for r in keep]
-        layers = {k for _, f, _ in parts for k in f}
-        writer.write_shard(
-            name,
-            start,
-            labels=split.labels[rows] if rows else np.zeros(0, np.int64),
-            ids=[split.ids[r] for r in rows],
-            features={k: np.concatenate([f[k] for _, f, _ in parts if k in f]) for k in layers},
-            skipped=[i for _, _, s in parts for i in s],
-        )
-
-    @torch.inference_mode()
-    def _forward(self, x: torch.Tensor) -> dict[str, np.ndarray]:
-        """uint8 [images, views, 3, H, W] -> each tap's features, ``batch_size`` views a pass.
-
-        Ten views make a batch ten times larger; on a CPU (one thread) a pass over 320
-        views ran at a third of the per-view speed of 32 (activations outgrow the caches),
-        so the views go through the model in slices of the configured batch size.
-        """
-        b, v = x.shape[:2]
-        parts = [self._features(chunk) for chunk in x.flatten(0, 1).split(self.cfg.batch_size)]
-        return {
-            k: torch.cat([p[k] for p in parts]).view(b, v, -1).squeeze(1).cpu().numpy()
-            for k in parts[0]
-        }
-
-    def _features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = x.to(self.device, non_blocking=True)
-        if x.shape[-1] != self.res:
-            x = F.interpolate(
-                x.float(),
-                size=(self.res, self.res),
-                mode=self.spec.interpolation,
-                align_corners=False,
-            ).clamp_(0, 255)
-        x = normalize(x, self.spec.mean, self.spec.std).contiguous(
-            memory_format=torch.channels_last
-        )
-        with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
-            out = self.extractor(x)
-        return {k: self._reduce(k, t.float()) for k, t in out.items()}
-
-    def _reduce(self, name: str, t: torch.Tensor) -> torch.Tensor:
-        if t.ndim == 4 and self.cfg.pool != "none":
-            return t.mean((2, 3)) if self.cfg.pool == "avg" else t.amax((2, 3))
-        if t.ndim == 3 and self.cfg.pool != "none":
-            return t.mean(1) if self.cfg.pool == "avg" else t.amax(1)
-        flat = t.flatten(1)
-        if flat.shape[1] > FLATTEN_LIMIT and not self.cfg.force:
-            raise UsageError(
-                f"layer {name!r} flattens to {flat.shape[1]:,} values per image "
-                f"(limit {FLATTEN_LIMIT:,}); use POOL=avg or max, or FORCE=1 (--force)"
-            )
-        return flat
+    return run_shards(plan, store, shards, on_rows)
 
 
 def describe_layers(backbone: str, resolution: int | None = None) -> list[tuple[str, str, tuple]]:

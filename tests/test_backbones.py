@@ -1,10 +1,12 @@
 """Backbone registry: real offline weights, reference equality, every alias, clear errors."""
 
+import hashlib
 import urllib.error
 
 import pytest
 import torch
-import torch.nn.functional as F
+import torchvision
+from PIL import Image
 from torchvision.models.feature_extraction import get_graph_node_names
 
 from extract.backbones import (
@@ -18,18 +20,16 @@ from extract.backbones import (
     weights_sha256,
 )
 from extract.efficientnet_lite import lite_weights_file
-from extract.views import normalize
+from extract.preprocess import normalize
 
 CATS = {281, 282, 285}  # tabby, tiger cat, Egyptian cat
 
 
-def _photo(spec, size=None):
+def _photo(spec):
     from skimage.data import chelsea
 
-    img = torch.from_numpy(chelsea()).permute(2, 0, 1)[None].float()
-    size = size or spec.input_size
-    img = F.interpolate(img, size=(size, size), mode=spec.interpolation, align_corners=False)
-    return normalize(img.clamp(0, 255), spec.mean, spec.std)
+    pre = spec.preprocess()
+    return normalize(pre.views(1)(Image.fromarray(chelsea())), pre.mean, pre.std)
 
 
 @pytest.mark.parametrize("name", ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])
@@ -44,8 +44,6 @@ def test_offline_weights_recognise_a_cat(name):
 
 
 def _sha(path):
-    import hashlib
-
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
@@ -118,3 +116,50 @@ def test_models_are_frozen():
     model, _ = load_backbone("efficientnet_lite0")
     assert not model.training and not any(p.requires_grad for p in model.parameters())
     assert len(weights_sha256(get_spec("efficientnet_lite0"))) == 64
+
+
+TORCHVISION_REGISTRY = ["alexnet", "inception_v3", "resnet50", "vgg16"]
+
+
+def test_every_registry_backbone_is_covered_here():
+    lite = {f"efficientnet_lite{i}" for i in range(3)}  # real weights, tested above
+    assert set(list_backbones()) == lite | set(TORCHVISION_REGISTRY)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", TORCHVISION_REGISTRY)
+def test_pretrained_path_reads_the_checkpoint_torch_hub_names(tmp_path, monkeypatch, name):
+    """A random state dict under the file name torchvision looks for is what gets loaded."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    weights = torchvision.models.get_model_weights(name).DEFAULT
+    extra = {"aux_logits": True, "init_weights": False} if name == "inception_v3" else {}
+    state = torchvision.models.get_model(name, weights=None, **extra).state_dict()
+    path = tmp_path / "hub" / "checkpoints" / weights.url.rsplit("/", 1)[-1]
+    path.parent.mkdir(parents=True)
+    torch.save(state, path)
+    first = next(k for k in state if k.endswith("weight"))
+    placed = state.pop(first)
+    del state
+    spec = get_spec(name)
+    assert weights_sha256(spec) == _sha(path)
+    model, spec = load_backbone(name)
+    assert torch.equal(model.state_dict()[first], placed)
+    taps = make_feature_extractor(model, spec, resolve_layers(spec, ["pool"]))
+    with torch.inference_mode():
+        out = taps(torch.randn(1, 3, spec.input_size, spec.input_size))
+    assert out["pool"].shape == (1, spec.layers["pool"].channels)
+    path.unlink()
+
+
+def test_inception_keeps_its_weights_input_transform_and_drops_the_aux_head():
+    model, _ = load_backbone("inception_v3", pretrained=False)
+    assert model.transform_input and model.AuxLogits is None and not model.aux_logits
+
+
+def test_a_damaged_checkpoint_says_delete_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    path = tmp_path / "hub" / "checkpoints" / "resnet50-11ad3fa6.pth"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(WeightsUnavailableError, match=f"from {path} .*delete that file"):
+        load_backbone("resnet50")

@@ -47,7 +47,8 @@ def test_fit_prints_accuracy_and_run_folder(data_dir: Path, capsys) -> None:
     code, out, _ = _run(["fit", "--data-dir", str(data_dir), "--model", "svm", "--C", "0.1"],
                         capsys)
     assert code == 0
-    assert "top-1 100.00%" in out and "run: " in out
+    low = 150 / (150 + 1.959964**2)  # Wilson's lower bound for 150 of 150
+    assert f"test top-1 100.00% [95% CI {100 * low:.2f}-100.00]" in out and "run: " in out
     assert Path(out.split("run: ")[1].strip()).is_dir()
 
 
@@ -94,7 +95,7 @@ def test_bad_input_is_one_line_and_status_2(args, needle, data_dir: Path, capsys
 
 def test_missing_layer_suggests_the_extract_command(data_dir: Path, capsys) -> None:
     _, _, err = _run(["fit", "--data-dir", str(data_dir), "--layer", "pool,block5"], capsys)
-    assert "make extract DATASET=digits LAYERS=pool,block5" in err and "valid: pool" in err
+    assert "make extract DATASET=digits LAYERS=pool,block5" in err and "hold: pool" in err
 
 
 def test_no_cache_yet_names_the_extract_command(tmp_path: Path, capsys) -> None:
@@ -129,8 +130,9 @@ def test_fewer_than_two_classes(tmp_path: Path, capsys) -> None:
 def test_results_and_tsne(data_dir: Path, capsys) -> None:
     _run(["fit", "--data-dir", str(data_dir), "--dataset", "cifar10", "--model", "knn"], capsys)
     code, out, _ = _run(["results", "--data-dir", str(data_dir), "--dataset", "cifar10"], capsys)
-    assert code == 0 and out.splitlines()[1].startswith("cifar10 ")
-    assert all(not line.startswith("digits") for line in out.splitlines())
+    assert code == 0 and out.splitlines()[0].startswith("== cifar10 (data ")
+    assert "knn" in out.splitlines()[2]
+    assert [line for line in out.splitlines() if line.startswith("==")] == out.splitlines()[:1]
     code, out, _ = _run(["results", "--data-dir", str(data_dir), "--dataset", "mnist"], capsys)
     assert code == 0 and "no runs" in out
     code, out, _ = _run(["tsne", "--data-dir", str(data_dir), "--dataset", "cifar10",
@@ -174,10 +176,10 @@ def test_real_ucmerced_cache(tmp_path: Path, capsys) -> None:
         env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    code, out, _ = _run(["fit", "--data-dir", str(tmp_path), "--dataset", "ucmerced",
+    code, out, _ = _run(["fit", "--data-dir", str(tmp_path), "--dataset", str(folder),
                          "--model", "svm", "--resplit", "0.2"], capsys)
     assert code == 0
-    top1 = float(out.split("top-1 ")[1].split("%")[0])
+    top1 = float(out.split("test top-1 ")[1].split("%")[0])
     assert top1 > 80.0
 
 
@@ -188,4 +190,5 @@ def test_tag_names_the_run_and_filters_results(data_dir: Path, capsys) -> None:
     assert code == 0 and "-recipe-x-cifar100-" in run_dir.name
     assert json.loads((run_dir / "metrics.json").read_text())["tag"] == "recipe-x"
     code, out, _ = _run(["results", "--data-dir", str(data_dir), "--tag", "recipe-x"], capsys)
-    assert code == 0 and [line.split()[0] for line in out.splitlines()[1:]] == ["cifar100"]
+    titles = [line.split()[1] for line in out.splitlines() if line.startswith("==")]
+    assert code == 0 and titles == ["cifar100"] and run_dir.name in out

@@ -1,8 +1,7 @@
-"""The selection protocol, views, row plans, run folders and the results table."""
+"""The selection protocol, views and row plans (run folders: test_classify_runs.py)."""
 
 from __future__ import annotations
 
-import json
 import tracemalloc
 from pathlib import Path
 
@@ -16,7 +15,6 @@ from classify.experiment import FitConfig, plan_rows, run_experiment
 from classify.features import Block
 from classify.linear import LinearSVM, SoftmaxRegression
 from classify.protocol import choose, class_scores, evaluate, refit
-from classify.runs import format_results, load_runs, new_run_dir
 from classify.transforms import Standardize
 from extract.cache import FeatureCache
 from extract.errors import UsageError
@@ -156,48 +154,6 @@ def test_pca_transform(tmp_path: Path) -> None:
     assert m["top1"] == 1.0
     model = joblib.load(next((tmp_path / "runs").iterdir()) / "model.joblib")
     assert model[-1].coef_.shape == (3, 4)
-
-
-def test_run_folder_contents_and_saved_model(tmp_path: Path) -> None:
-    path = write_synthetic(tmp_path)
-    run_dir, _ = run_experiment(FitConfig(data_dir=tmp_path, model="svm", command="make x"))
-    assert {p.name for p in run_dir.iterdir()} == {"metrics.json", "model.joblib",
-                                                    "confusion.png"}
-    saved = json.loads((run_dir / "metrics.json").read_text())
-    for key in ("top1", "top5", "per_class", "confusion", "params", "grid", "val_scores",
-                "fit_seconds", "predict_seconds", "select_seconds", "cache", "command"):
-        assert key in saved
-    assert saved["command"] == "make x"
-    assert saved["cache"]["path"] == str(path.resolve())
-    with FeatureCache(path) as cache:
-        assert saved["cache"]["fingerprint"] == cache.fingerprint
-        X, y = cache.features("test", "pool"), cache.labels("test")
-    assert saved["per_class"] == {"class0": 1.0, "class1": 1.0, "class2": 1.0}
-    model = joblib.load(run_dir / "model.joblib")
-    assert np.mean(model.predict(X) == y) == saved["top1"]
-    assert (run_dir / "confusion.png").read_bytes()[:4] == b"\x89PNG"
-
-
-def test_runs_never_overwrite_each_other(tmp_path: Path) -> None:
-    folders = {new_run_dir(tmp_path, ["d", "b", "l", "h"]) for _ in range(50)}
-    assert len(folders) == 50
-    write_synthetic(tmp_path)
-    first = run_experiment(FitConfig(data_dir=tmp_path, params={"C": 1.0}))[0]
-    second = run_experiment(FitConfig(data_dir=tmp_path, params={"C": 1.0}))[0]
-    assert first != second and (first / "metrics.json").is_file()
-
-
-def test_results_table_best_first_and_filtered(tmp_path: Path) -> None:
-    write_synthetic(tmp_path, dataset="digits", spread=0.3)
-    write_synthetic(tmp_path, dataset="ucmerced-jpg", spread=6.0)  # below 100 %: no tie
-    _fit(tmp_path, dataset="ucmerced", model="svm", params={"C": 1.0})
-    _fit(tmp_path, dataset="digits", model="svm", params={"C": 1.0})
-    runs = load_runs(tmp_path)
-    assert [r["dataset"] for r in runs] == ["digits", "ucmerced-jpg"]
-    table = format_results(runs).splitlines()
-    assert table[0].split()[:4] == ["dataset", "backbone", "layer", "head"]
-    assert table[1].startswith("digits") and "C=1" in table[1] and "100.00" in table[1]
-    assert [r["dataset"] for r in load_runs(tmp_path, "ucm")] == ["ucmerced-jpg"]
 
 
 @pytest.mark.parametrize("head", [LinearSVM(C=1.0), SoftmaxRegression(C=1.0)],

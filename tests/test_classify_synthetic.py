@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
 
-from extract.cache import CacheKey, FeatureCache, write_cache
+from extract.cache import FeatureCache, write_cache
 
 TEN_CROP = ["center", "top_left", "top_right", "bottom_left", "bottom_right",
             "center_flip", "top_left_flip", "top_right_flip", "bottom_left_flip",
@@ -45,15 +47,33 @@ def write_synthetic(
     test_seed: int = 1,
     shuffle_train: bool = False,
     test_override: tuple[np.ndarray, np.ndarray] | None = None,
+    resolution: int = 32,
+    source: str | None = None,
+    fingerprint: str | None = None,
+    class_names: list[str] | None = None,
 ) -> Path:
-    """Write a finished cache under ``root/cache/<dataset>/`` and return its path."""
-    key = CacheKey(dataset=dataset, source=f"synthetic:{seed}", backbone=backbone,
-                   weights="random", resolution=32, views=f"v{test_views}", pool="avg",
-                   dtype="float16", split_rule=split_rule)
+    """Write a finished cache with the contract's attributes under ``root/cache/`` and return
+    its path (``<dataset>-<fingerprint8>/<options>-<key10>.h5``, as stage one names it)."""
+    views = {"train": train_views, "test": test_views}
+    meta = {
+        "dataset": dataset,
+        "dataset_source": source or f"synthetic.{dataset}",
+        "dataset_fingerprint": fingerprint
+        or hashlib.sha256(f"{dataset}:{seed}".encode()).hexdigest(),
+        "fingerprint_mode": "stat" if source else "arrays",
+        "backbone": backbone, "weights": "random", "weights_sha256": "random-init",
+        "resolution": resolution,
+        "crops": str(test_views) if train_views == test_views else f"test:{test_views}",
+        "views": views, "pool": "avg", "dtype": "float16", "skip_bad": False,
+        "split_rule": split_rule,
+        "class_names": class_names or [f"class{i}" for i in range(classes)],
+    }
+    key = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
+    meta["fingerprint"] = key
     splits = {}
-    for split, n, views, s in (("train", n_train, train_views, seed),
-                               ("test", n_test, test_views, test_seed)):
-        X, y = blobs(n, classes=classes, dim=dim, spread=spread, seed=s, views=views)
+    for split, n, n_views, s in (("train", n_train, train_views, seed),
+                                 ("test", n_test, test_views, test_seed)):
+        X, y = blobs(n, classes=classes, dim=dim, spread=spread, seed=s, views=n_views)
         if split == "train" and shuffle_train:
             y = np.random.default_rng(99).permutation(y)
         if split == "test" and test_override is not None:
@@ -65,10 +85,11 @@ def write_synthetic(
             "labels": y,
             "ids": [f"{split}/{i}" for i in range(len(y))],
             "features": features,
-            "view_names": ["full"] if views == 1 else TEN_CROP[:views],
+            "view_names": ["full"] if n_views == 1 else TEN_CROP[:n_views],
         }
-    meta = {**key.__dict__, "class_names": [f"class{i}" for i in range(classes)]}
-    return write_cache(key.path(root), meta=meta, splits=splits)
+    folder = f"{dataset}-{meta['dataset_fingerprint'][:8]}"
+    name = f"{backbone}-r{resolution}-v{test_views}-avg-float16-{key[:10]}.h5"
+    return write_cache(Path(root) / "cache" / folder / name, meta=meta, splits=splits)
 
 
 def test_synthetic_cache_reads_back(tmp_path: Path) -> None:
@@ -77,15 +98,3 @@ def test_synthetic_cache_reads_back(tmp_path: Path) -> None:
         assert cache.features("train", ["pool", "block5"]).shape == (300, 32)
         assert cache.features("test", "pool").shape == (150, 10, 16)
         assert cache.view_names("test")[0] == "center"
-
-
-def test_newest_cache_holding_the_layers_is_chosen(tmp_path: Path) -> None:
-    import os
-
-    from classify.features import resolve_cache
-
-    older = write_synthetic(tmp_path, layers=("pool", "block5"), seed=3)
-    newer = write_synthetic(tmp_path, layers=("pool",), seed=4)
-    os.utime(older, (1, 1))
-    assert resolve_cache(tmp_path, "digits", None) == newer
-    assert resolve_cache(tmp_path, "dig", None, ("block5",)) == older

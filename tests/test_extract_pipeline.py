@@ -11,13 +11,13 @@ import pytest
 from filelock import FileLock
 
 import extract.pipeline as pipeline
-from extract import cli
+from extract import cli, plan, worker
 from extract.cache import FeatureCache
 from extract.config import ExtractConfig
 from extract.errors import UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = dict(backbone="efficientnet_lite0", resolution=64, batch_size=4, workers=0)
+FAST = dict(backbone="efficientnet_lite0", resolution=64, batch_size=4)
 
 
 def _cfg(folder, data_dir, **kw):
@@ -35,7 +35,7 @@ def test_extracts_every_split_with_provenance(image_folder, tmp_path):
         assert cache.features("test", "pool").std() > 0
         m = cache.meta
         assert m["backbone"] == "efficientnet_lite0" and m["resolution"] == 64
-        assert len(m["weights_sha256"]) == 64 and m["mean"] == [0.5, 0.5, 0.5]
+        assert len(m["weights_sha256"]) == 64 and m["preprocess"]["mean"] == [0.5, 0.5, 0.5]
         assert m["class_names"] == ["cat", "dog", "eel"] and m["split_rule"] == "official"
         assert m["dataset_fingerprint"] and m["versions"]["torch"] and m["created"]
         assert cache.layer_attrs("train", "pool")["pool"] == "avg"
@@ -44,7 +44,8 @@ def test_extracts_every_split_with_provenance(image_folder, tmp_path):
 def test_same_command_twice_is_a_hit_without_a_model(image_folder, tmp_path, monkeypatch):
     cfg = _cfg(image_folder(per_class=4), tmp_path)
     first = pipeline.run_extraction(cfg, progress=False)
-    monkeypatch.setattr(pipeline, "load_backbone", lambda *a, **k: pytest.fail("model loaded"))
+    for module in (worker, plan):
+        monkeypatch.setattr(module, "load_backbone", lambda *a, **k: pytest.fail("model loaded"))
     second = pipeline.run_extraction(cfg, progress=False)
     assert second.cached and second.path == first.path
 
@@ -111,8 +112,7 @@ def test_flatten_above_limit_is_refused(image_folder, tmp_path):
 
 def test_second_writer_is_refused(image_folder, tmp_path):
     cfg = _cfg(image_folder(per_class=4), tmp_path, test_fraction=0.5)
-    _, _, key, _ = pipeline.plan_cache(cfg)
-    path = key.path(tmp_path)
+    path = plan.plan_extraction(cfg).path
     path.parent.mkdir(parents=True)
     with FileLock(str(path) + ".lock"), pytest.raises(Exception, match="another process"):
         pipeline.run_extraction(cfg, progress=False)
@@ -140,8 +140,6 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(image_folder, tmp_path):
         "96",
         "--batch-size",
         "2",
-        "--workers",
-        "0",
         "--quiet",
     ]
     killed = tmp_path / "killed"
@@ -199,6 +197,9 @@ def test_help_documents_every_option():
         "--dtype",
         "--batch-size",
         "--workers",
+        "--engine",
+        "--name",
+        "--fingerprint",
         "--device",
         "--data-dir",
         "--skip-bad",
@@ -218,7 +219,6 @@ def test_real_ucmerced_subset(shared_data, tmp_path):
         data_dir=tmp_path,
         limit=42,
         resolution=128,
-        workers=1,
     )
     res = pipeline.run_extraction(cfg, progress=False)
     with FeatureCache(res.path) as cache:
@@ -232,15 +232,15 @@ def test_full_disk_is_one_line_and_leaves_no_complete_file(image_folder, tmp_pat
     import errno
 
     from extract import cli
-    from extract.cache import CacheWriter
+    from extract.shards import ShardStore
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", "shard.npz")
 
-    monkeypatch.setattr(CacheWriter, "write_shard", full)
+    monkeypatch.setattr(ShardStore, "write", full)
     folder = image_folder(per_class=4)
     code = cli.main(["run", "--dataset", str(folder), "--data-dir", str(tmp_path), "--res", "64",
-                     "--workers", "0", "--quiet"])
+                     "--quiet"])
     err = capsys.readouterr().err
     assert code == 1 and "disk full" in err and err.count("\n") == 1
     assert not list(tmp_path.glob("cache/*/*.h5"))

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "recipes"))
 
 import report  # noqa: E402
+
+from classify.stats import wilson  # noqa: E402
 
 
 @pytest.mark.parametrize("recipe", sorted((ROOT / "recipes").glob("*.sh")), ids=lambda p: p.name)
@@ -43,71 +47,116 @@ def test_iorga_recipe_then_results_page(tmp_path: Path) -> None:
     docs.mkdir()
     assert report.main(["--data-dir", str(data), "--docs", str(docs)]) == 0
     page = (docs / "results.md").read_text()
-    source_head = next(r for r in runs if r["head"] == "mlp-ucmerced")
-    assert report.top1(source_head) in page
-    assert "ucmerced-confusion.png" in page and (docs / "img" / "ucmerced-confusion.png").is_file()
-    assert "`make reproduce-durr` has not finished yet" in page
+    summary = rows(page, "Source vs ours")
+    source_head = next(r for r in summary if r["experiment"].startswith("UC Merced, the source"))
+    picked = next(r for r in runs if r["head"] == "mlp-ucmerced")
+    assert source_head["ours: test top-1 % [95 % CI]"] == report.test_text(picked)
+    assert source_head["source %"] == "86.61 (Iorga & Neagoe)"
+    assert (docs / "img" / "ucmerced-confusion.png").is_file()
+    walls = {r["recipe"]: r for r in rows(page, "Wall time of each recipe")}
+    assert walls["`make reproduce-durr`"]["minutes"] == "not finished"
+    assert walls["`make reproduce-iorga`"]["minutes"] == f"{timing['seconds'] / 60:.1f}"
 
 
-def _metrics(run_id: str, tag: str, val: float | None, test: float, **extra) -> dict:
+def rows(page: str, heading: str) -> list[dict[str, str]]:
+    """The first markdown table under ``## heading`` (or ``### heading``), as dicts."""
+    after = re.split(rf"^#+ {re.escape(heading)}$", page, maxsplit=1, flags=re.M)[1]
+    table = re.search(r"^(\|.*\n)+", after, flags=re.M).group(0)
+    cells = [[c.strip() for c in line.strip("|").split(" | ")] for line in table.splitlines()]
+    header, _, *body = cells
+    return [dict(zip(header, row, strict=True)) for row in body]
+
+
+def _metrics(run_id: str, tag: str, val: float | None, test: float, *, n_test: int = 420,
+             **extra) -> dict:
+    correct = round(test * n_test)
     return {
         "run_id": run_id, "tag": tag, "dataset": "ucmerced-jpg", "backbone": "efficientnet_lite0",
         "layers": ["pool"], "head": "svm", "transform": "standardize", "params": {"C": 0.1},
-        "grid": [], "n_train": 1680, "top1": test, "top1_std": 0.01, "top1_centre": None,
-        "repeats": 5, "seconds": 1.0, "cache": {"resolution": 224}, "command": f"fit {run_id}",
-        "per_repeat": [{"val_scores": [] if val is None else [val - 0.1, val]}] * 5, **extra,
+        "grid": [] if val is None else [{"C": 0.1}, {"C": 1.0}], "n_train": 1680,
+        "n_test": n_test, "top1": correct / n_test, "top1_std": 0.0, "top1_centre": None,
+        "repeats": 1, "seconds": 60.0, "cache": {"resolution": 224, "pool": "avg"},
+        "command": f"fit {run_id}", "confusion": [[correct, n_test - correct], [0, 0]],
+        "per_repeat": [{"top1": correct / n_test, "n_test": n_test,
+                        "val_scores": [] if val is None else [val - 0.1, val]}], **extra,
     }
-
-
-MNIST = {"dataset": "mnist", "n_test": 10000, "n_val": 6000, "repeats": 1}
 
 
 def _write_runs(data_dir: Path, *runs: dict) -> None:
     for metrics in runs:
-        run = data_dir / "runs" / metrics["run_id"]
+        run = data_dir / "runs" / metrics.pop("run_id")
         run.mkdir(parents=True)
         (run / "metrics.json").write_text(json.dumps(metrics))
 
 
-def test_page_picks_by_validation_never_by_test(tmp_path: Path) -> None:
-    _write_runs(tmp_path, _metrics("a", "iorga", val=0.95, test=0.90),
-                _metrics("b", "iorga", val=0.90, test=0.99, head="logreg"),
-                _metrics("c", "iorga", val=None, test=1.00, head="mlp-alexnet"),
-                _metrics("d", "other", val=0.99, test=0.50))
-    runs = report.load_runs(tmp_path, tag="iorga")
-    assert {r["run_id"] for r in runs} == {"a", "b", "c"}
-    assert report.chosen(runs)["run_id"] == "a"
-    assert report.val_score(next(r for r in runs if r["run_id"] == "c")) is None
-    page = report.render(tmp_path, tmp_path / "docs")
-    assert "| 90.00 ± 1.00 (efficientnet_lite0 224 px, pool, svm) | no (-7.00) | `iorga` |" in page
-    assert "fit a\nfit b\nfit c" in page and "fit d" not in page
+def _page(tmp_path: Path, data: dict | None = None) -> str:
+    data = data or report.tomllib.loads(report.DATA.read_text())
+    return report.render(tmp_path, tmp_path / "docs", data)
 
 
-def test_mnist_pick_is_validations_and_names_a_better_test_score_apart(tmp_path: Path) -> None:
-    _write_runs(tmp_path, _metrics("a", "hertel", val=0.996, test=0.9951, **MNIST),
-                _metrics("b", "hertel", val=0.995, test=0.9960, **MNIST,
-                         backbone="efficientnet_lite2"))
-    page = report.render(tmp_path, tmp_path / "docs")
-    assert "Validation's MNIST pick: efficientnet_lite0 pool at 224 px, svm, 99.51 % test" in page
-    assert "| 99.51 (efficientnet_lite0 224 px, pool, svm) | no (-0.03) | `hertel` |" in page
-    assert "Its validation lead over the runner-up" in page
-    assert ("The best test score of the MNIST runs, 99.60 % (efficientnet_lite2 pool at 224 "
-            "px, svm, validation 99.50 %), is not the pick") in page
+def test_the_page_picks_by_validation_never_by_test(tmp_path: Path) -> None:
+    _write_runs(tmp_path, _metrics("20260101-000001-a", "iorga", val=0.95, test=0.90),
+                _metrics("20260101-000002-b", "iorga", val=0.90, test=0.99, head="logreg"),
+                _metrics("20260101-000003-c", "iorga", val=None, test=1.00, head="mlp-alexnet"),
+                _metrics("20260101-000004-d", "other", val=0.99, test=0.50))
+    page = _page(tmp_path)
+    row = next(r for r in rows(page, "Source vs ours")
+               if r["experiment"] == "UC Merced, head and tap chosen on validation, 5 splits")
+    assert row["val top-1 %"] == "95.00"
+    assert row["ours: test top-1 % [95 % CI]"].startswith("90.00")
+    assert row["validation chose among"] == "2 (best test 99.05)"
+    assert row["vs source"] == f"above ({90.0 - 86.61:+.2f})"
+    table = rows(page, "ucmerced-jpg")
+    assert [r["val top-1"] for r in table] == ["95.00", "90.00", "-"]  # fixed runs last
+    assert "fit 20260101-000004-d" not in page
 
 
-def test_a_run_on_several_views_says_how_many_beside_its_one_view_twin(tmp_path: Path) -> None:
-    crops = {"resolution": 112, "views": {"train": 5, "test": 5}}
-    _write_runs(tmp_path, _metrics("a", "hertel", val=0.996, test=0.9951, **MNIST),
-                _metrics("b", "hertel", val=0.997, test=0.9958, **MNIST, cache=crops),
-                _metrics("c", "hertel", val=0.995, test=0.9940, **MNIST,
-                         cache={"resolution": 112, "views": {"train": 1, "test": 1}}))
-    page = report.render(tmp_path, tmp_path / "docs")
-    assert "Validation's MNIST pick: efficientnet_lite0 pool at 112 px, 5 views, svm" in page
-    assert "| 99.58 (efficientnet_lite0 112 px, 5 views, pool, svm) | yes |" in page
-    assert "Its validation lead over the runner-up (efficientnet_lite0 pool at 224 px, svm, " \
-           "99.51 % test) is 6 images." in page
-    assert "| mnist | lite0 | 112 | 5 | pool | svm |" in page
-    assert "| lite0 | 112 | pool | svm | 99.50 → 99.70 | 99.40 → 99.58 | — |" in page
+def test_a_figure_inside_the_interval_is_a_tie(tmp_path: Path) -> None:
+    low, high = wilson(9951, 10000)
+    assert low < 0.9954 < high
+    run = _metrics("20260101-000001-a", "hertel", val=0.996, test=0.9951, n_test=10000,
+                   dataset="mnist")
+    assert report.verdict(run, 99.54) == "tie"
+    assert report.verdict(run, 100 * high + 0.01) == f"below ({99.51 - 100 * high - 0.01:+.2f})"
+    assert report.verdict(run, 100 * low - 0.01).startswith("above")
+    _write_runs(tmp_path, run)
+    row = next(r for r in rows(_page(tmp_path), "Source vs ours")
+               if r["experiment"].startswith("MNIST, linear or MLP"))
+    assert row["vs source"] == "tie"
+    assert row["ours: test top-1 % [95 % CI]"] == f"99.51 [{100 * low:.2f}, {100 * high:.2f}]"
+
+
+def test_every_source_figure_and_section_comes_from_the_data_file(tmp_path: Path) -> None:
+    data = report.tomllib.loads(report.DATA.read_text())
+    data["source"][0]["figures"]["CIFAR-10"] = 12.34
+    data["section"] = data["section"][:2]
+    page = _page(tmp_path, data)
+    summary = rows(page, "Source vs ours")
+    assert len(summary) == len(data["target"])  # one row per target, even before any run
+    durr = [r for r in summary if r["source %"].endswith("(Dürr)")]
+    assert durr and all(r["source %"] == "12.34 (Dürr)" for r in durr)
+    headings = re.findall(r"^## (.+)$", page, flags=re.M)
+    assert headings == ["Source vs ours", "Wall time of each recipe",
+                        *(s["title"] for s in data["section"])]
+
+
+def test_wall_times_count_runs_fitted_after_the_recipe(tmp_path: Path) -> None:
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "iorga.json").write_text(json.dumps({
+        "recipe": "iorga", "started": "2026-01-01T00:00:00Z", "seconds": 600,
+        "machine": "2 CPU cores"}))
+    late = datetime(2026, 1, 2, tzinfo=timezone.utc).astimezone().strftime(report.RUN_STAMP)
+    _write_runs(tmp_path, _metrics(f"{late}-x", "iorga", val=0.9, test=0.9, seconds=120.0))
+    walls = {r["recipe"]: r for r in rows(_page(tmp_path), "Wall time of each recipe")}
+    assert walls["`make reproduce-iorga`"]["minutes"] == "10.0"
+    assert walls["`make reproduce-iorga`"]["runs fitted after it ended, minutes"] == "2.0"
+    assert "Total: 0.20 h." in _page(tmp_path)
+
+
+def test_older_runs_get_their_interval_from_their_counts() -> None:
+    run = _metrics("a", "iorga", val=0.9, test=0.8, n_test=200)
+    assert report.interval(run) == pytest.approx(wilson(160, 200))
+    assert report.per_class(run) == pytest.approx(0.8)
 
 
 def test_layers_label_marks_whole_conv_maps() -> None:
@@ -115,8 +164,3 @@ def test_layers_label_marks_whole_conv_maps() -> None:
     grid = {"layers": ["block5"], "cache": {"pool": "none"}}
     assert report.layers(pooled) == "block6+pool"
     assert report.layers(grid) == "block5 (grid)"
-
-
-def test_a_score_equal_to_the_target_meets_it_despite_float_rounding() -> None:
-    assert report._met({"top1": 0.9954}, 99.54) == "yes"  # 100 * 0.9954 == 99.53999...
-    assert report._met({"top1": 0.9953}, 99.54) == "no (-0.01)"

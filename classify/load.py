@@ -1,0 +1,96 @@
+"""The Python API of stage two: a cache as ``X, y, groups`` for any scikit-learn estimator.
+
+``load_features`` reads the rows asked for into memory as float32 (a cache stores float16
+by default and HDF5 chunks carry checksums, so the file cannot be memory-mapped as float32);
+``iter_features`` yields the same arrays ``chunk_rows`` images at a time, for caches larger
+than memory (e.g. with ``SGDClassifier.partial_fit``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from classify.features import DEFAULT_LAYERS, Block, Part, open_cache, read
+from classify.select import DEFAULT_DATASET, CacheQuery, resolve_cache
+from extract.cache import READ_ROWS, default_data_dir
+
+Arrays = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def find_cache(
+    dataset: str = DEFAULT_DATASET,
+    *,
+    data_dir: Path | str | None = None,
+    layers: str | Sequence[str] = (),
+    backbone: str | None = None,
+    resolution: int | None = None,
+    crops: str | None = None,
+    pool: str | None = None,
+    dtype: str | None = None,
+) -> Path:
+    """The one cache file of ``dataset`` (name or path) with these options, as ``make classify``
+    finds it; an error lists the candidates when several match."""
+    query = CacheQuery(dataset, backbone, resolution, crops, pool, dtype, _layers(layers))
+    return resolve_cache(Path(data_dir or default_data_dir()), query)
+
+
+def load_features(
+    source: str | Path,
+    split: str = "train",
+    layers: str | Sequence[str] = DEFAULT_LAYERS,
+    *,
+    rows: Sequence[int] | np.ndarray | None = None,
+    data_dir: Path | str | None = None,
+    **options: str | int | None,
+) -> Arrays:
+    """``X`` float32 (rows x views, features), ``y`` and ``groups`` (the image row of each).
+
+    ``source`` is a cache file (``.h5``) or a dataset as ``find_cache`` takes it, with its
+    ``options`` (backbone, resolution, crops, pool, dtype). Several layers are concatenated.
+    Several views of an image become consecutive rows with the same ``groups`` value, so
+    ``GroupKFold`` keeps them on one side of a split.
+    """
+    path = _path(source, layers, data_dir, options)
+    names = _layers(layers)
+    with open_cache(path, names, splits=(split,)) as cache:
+        index = np.arange(len(cache.labels(split))) if rows is None else np.asarray(rows)
+        return _flatten(read(cache, [Part(split, index)], names), index)
+
+
+def iter_features(
+    source: str | Path,
+    split: str = "train",
+    layers: str | Sequence[str] = DEFAULT_LAYERS,
+    *,
+    chunk_rows: int = READ_ROWS,
+    data_dir: Path | str | None = None,
+    **options: str | int | None,
+) -> Iterator[Arrays]:
+    """``load_features`` of ``chunk_rows`` images at a time, in row order."""
+    path = _path(source, layers, data_dir, options)
+    names = _layers(layers)
+    with open_cache(path, names, splits=(split,)) as cache:
+        n = len(cache.labels(split))
+        for lo in range(0, n, chunk_rows):
+            index = np.arange(lo, min(lo + chunk_rows, n))
+            yield _flatten(read(cache, [Part(split, index)], names), index)
+
+
+def _layers(layers: str | Sequence[str]) -> tuple[str, ...]:
+    return (layers,) if isinstance(layers, str) else tuple(layers)
+
+
+def _path(
+    source: str | Path, layers: str | Sequence[str], data_dir: Path | str | None, options: dict
+) -> Path:
+    if Path(source).suffix == ".h5" and Path(source).is_file():
+        return Path(source)
+    return find_cache(str(source), data_dir=data_dir, layers=layers, **options)
+
+
+def _flatten(block: Block, index: np.ndarray) -> Arrays:
+    views = block.X.shape[1]
+    return block.flat, block.flat_labels, np.repeat(index.astype(np.int64), views)

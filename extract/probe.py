@@ -1,0 +1,193 @@
+"""Batch-size probe: time the actual forward pass at a few batch sizes and keep the fastest.
+
+Like ``cudnn.benchmark``: a few seconds on the real model, resolution and device, then the
+choice is cached per machine and configuration in a small JSON file under the data
+directory, so later runs start at once. On a CPU the best batch is small (the activations
+of a large batch outgrow the caches: on the 2-core development machine 8 at 224 px, 16 at
+112 px); on a GPU the probe climbs until the rate stops paying or memory runs out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+PROBE_VERSION = 1
+CPU_MAX_BATCH = 64
+GPU_MAX_BATCH = 1024
+PAYS = 0.95  # the smallest batch within 5 % of the fastest is chosen (timings are noisy)
+DECLINE = 0.9  # two sizes in a row below 90 % of the best so far end the climb
+MIN_PASS_SECONDS = 0.2  # timed passes per size: at least two, and at least this long
+
+
+@dataclass(frozen=True)
+class Probe:
+    """The batch, where it came from ("given", "probed", "cached", ...), and the rates measured."""
+
+    batch_size: int
+    source: str = "given"
+    rates: Mapping[int, float] = field(default_factory=dict)  # img/s per batch size tried
+    seconds: float = 0.0
+
+    @property
+    def cached(self) -> bool:
+        return self.source == "cached"
+
+    def describe(self) -> str:
+        if not self.rates:
+            return f"batch {self.batch_size} ({self.source})"
+        rates = ", ".join(f"b{b} {r:.0f}" for b, r in self.rates.items())
+        return f"batch {self.batch_size} ({self.source} in {self.seconds:.1f} s: {rates} img/s)"
+
+
+def machine() -> dict[str, object]:
+    """What makes timings of one machine differ from another's."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next(
+                (ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu
+            )
+    except OSError:
+        pass
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "cpu": cpu,
+        "cores": cores,
+        "torch_threads": torch.get_num_threads(),
+        "gpu": gpus,
+        "torch": torch.__version__,
+    }
+
+
+def probe_key(config: Mapping[str, object]) -> str:
+    """sha256 of the machine and the configuration (backbone, taps, resolution, views, device)."""
+    text = json.dumps({"probe": PROBE_VERSION, **machine(), **config}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def choose_batch_size(
+    forward: Callable[[torch.Tensor], object],
+    *,
+    resolution: int,
+    device: torch.device,
+    config: Mapping[str, object],
+    cache_file: Path | None,
+    budget_s: float = 10.0,
+) -> Probe:
+    """The cached choice for this machine and ``config``, else a fresh probe (then cached).
+
+    A probe run while the 1-minute load average exceeds the cores (other processes held
+    them) is used for this run only, not cached: its timings say little about the machine.
+
+    ``forward`` takes a uint8 batch [B, 3, resolution, resolution] on the CPU, as the data
+    loader gives it, and does everything the pipeline does with it (copy to the device,
+    normalise, extract, pool); ``config`` names what else changes its speed.
+    """
+    key = probe_key(config)
+    table = _read(cache_file)
+    if key in table:
+        return Probe(int(table[key]["batch_size"]), "cached")
+    busy = _busy()
+    probe = run_probe(forward, resolution=resolution, device=device, budget_s=budget_s)
+    busy = busy or _busy()
+    if busy:
+        log.info("probe: other processes held the cores (load %.1f); choice not cached", busy)
+        return replace(probe, source="probed under load, not cached")
+    if cache_file is not None:
+        table[key] = {
+            "batch_size": probe.batch_size,
+            "rates": {str(b): round(r, 1) for b, r in probe.rates.items()},
+            "seconds": round(probe.seconds, 2),
+            "machine": machine(),
+            "config": dict(config),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        _write(cache_file, table)
+    return probe
+
+
+def run_probe(
+    forward: Callable[[torch.Tensor], object],
+    *,
+    resolution: int,
+    device: torch.device,
+    budget_s: float = 10.0,
+) -> Probe:
+    """Time batch sizes 1, 2, 4, ... until the rate declines, memory runs out or time is up."""
+    start = time.perf_counter()
+    on_gpu = device.type == "cuda"
+    rates: dict[int, float] = {}
+    batch, below = 1, 0
+    while batch <= (GPU_MAX_BATCH if on_gpu else CPU_MAX_BATCH):
+        try:
+            rates[batch] = _rate(forward, batch, resolution, device)
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            log.info("probe: batch %d does not fit in GPU memory", batch)
+            break
+        best = max(rates.values())
+        below = below + 1 if rates[batch] < DECLINE * best else 0
+        if below == 2 or time.perf_counter() - start > budget_s:
+            break
+        batch *= 2
+    best = max(rates.values())
+    chosen = min(b for b, r in rates.items() if r >= PAYS * best)
+    return Probe(chosen, "probed", rates, time.perf_counter() - start)
+
+
+def _rate(forward: Callable[[torch.Tensor], object], batch: int, res: int, device: torch.device):
+    """img/s of the fastest timed pass after one warm-up pass (which builds kernels)."""
+    x = torch.randint(0, 256, (batch, 3, res, res), dtype=torch.uint8)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    forward(x)
+    sync()
+    fastest, passes, began = float("inf"), 0, time.perf_counter()
+    while passes < 2 or time.perf_counter() - began < MIN_PASS_SECONDS:
+        t = time.perf_counter()
+        forward(x)
+        sync()
+        fastest = min(fastest, time.perf_counter() - t)
+        passes += 1
+    return batch / fastest
+
+
+def _busy() -> float:
+    """The 1-minute load average where it exceeds the cores (a noisy probe), else 0."""
+    if not hasattr(os, "getloadavg"):
+        return 0.0
+    load = os.getloadavg()[0]
+    return load if load > machine()["cores"] else 0.0
+
+
+def _read(path: Path | None) -> dict[str, dict]:
+    if path is None or not path.is_file():
+        return {}
+    try:
+        table = json.loads(path.read_text())
+    except (OSError, ValueError):
+        log.warning("ignoring unreadable probe cache %s", path)
+        return {}
+    return table if isinstance(table, dict) else {}
+
+
+def _write(path: Path, table: dict[str, dict]) -> None:
+    """Atomic replace: a reader sees the old table or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".probe-", suffix=".json")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(table, fh, indent=1)
+    os.replace(tmp, path)

@@ -1,0 +1,149 @@
+"""Runtimes for the forward pass: a name maps to a function that compiles the taps module.
+
+``compile(module, example) -> forward`` takes the module of
+:func:`extract.backbones.make_feature_extractor` and an example input batch, and returns a
+callable with the module's contract: float [B, 3, H, W] -> {alias: tensor}.
+
+OpenVINO runs EfficientNet-Lite0 on the 2-core development CPU 2-3x faster than eager
+PyTorch (docs/extract.md, "Runtimes"); its features differ from eager PyTorch's by at most
+2e-6 of the layer's largest value, i.e. by float16 rounding (what the cache stores), the
+same order as the difference eager PyTorch itself shows between batch sizes.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import EnvironmentFault, UsageError
+
+Forward = Callable[[torch.Tensor], Mapping[str, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class Runtime:
+    name: str
+    compile: Callable[[nn.Module, torch.Tensor], Forward]
+    devices: tuple[str, ...]
+    extra: str | None  # the pip extra that installs it
+    description: str
+
+
+def _eager(module: nn.Module, example: torch.Tensor) -> Forward:
+    return module.eval()
+
+
+def _onnx_bytes(module: nn.Module, example: torch.Tensor) -> tuple[bytes, list[str]]:
+    """The module as ONNX with a dynamic batch axis; outputs named by the taps' aliases."""
+    module.eval()  # export restores the mode it finds, on every submodule
+    with torch.inference_mode():
+        names = list(module(example[:1]))
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter announces its successor
+        torch.onnx.export(
+            module,
+            (example,),
+            buffer,
+            input_names=["x"],
+            output_names=names,
+            dynamic_axes={"x": {0: "batch"}, **{n: {0: "batch"} for n in names}},
+            dynamo=False,
+            opset_version=17,
+        )
+    module.eval()
+    return buffer.getvalue(), names
+
+
+def _openvino(module: nn.Module, example: torch.Tensor) -> Forward:
+    """OpenVINO's throughput mode: a batch is split across its streams (one per core here).
+
+    Streams of one thread each need no barrier between threads after every layer, which
+    paid on the 2-core machine, most of all while other processes shared the cores.
+    """
+    import openvino as ov
+
+    data, names = _onnx_bytes(module, example)
+    core = ov.Core()
+    compiled = core.compile_model(
+        core.read_model(io.BytesIO(data)),
+        "CPU",
+        {
+            # float32 throughout: on CPUs with bf16 support OpenVINO would otherwise use bf16
+            "INFERENCE_PRECISION_HINT": "f32",
+            "PERFORMANCE_HINT": "THROUGHPUT",
+            "INFERENCE_NUM_THREADS": torch.get_num_threads(),
+        },
+    )
+    streams = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+    requests = [compiled.create_infer_request() for _ in range(streams)]
+    outputs = [compiled.output(n) for n in names]
+
+    def forward(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        chunks = [c.contiguous().numpy() for c in x.tensor_split(min(streams, len(x)))]
+        for request, chunk in zip(requests, chunks, strict=False):
+            request.start_async({0: chunk})
+        parts = []
+        for request in requests[: len(chunks)]:
+            request.wait()
+            parts.append([request.get_tensor(o).data.copy() for o in outputs])
+        return {
+            n: torch.from_numpy(np.concatenate([p[i] for p in parts]))
+            for i, n in enumerate(names)
+        }
+
+    return forward
+
+
+RUNTIMES: Mapping[str, Runtime] = MappingProxyType(
+    {
+        "eager": Runtime("eager", _eager, ("cpu", "cuda"), None, "PyTorch as it is"),
+        "openvino": Runtime(
+            "openvino",
+            _openvino,
+            ("cpu",),
+            "openvino",
+            "OpenVINO (float32), from an ONNX export of the taps",
+        ),
+    }
+)
+
+
+def resolve_runtime(name: str, device: torch.device) -> str:
+    """``name``, or for ``auto``: OpenVINO on a CPU where it is installed, else eager PyTorch."""
+    if name != "auto":
+        return name
+    if device.type != "cpu":
+        return "eager"
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return "eager"
+    return "openvino"
+
+
+def compile_forward(
+    name: str, module: nn.Module, example: torch.Tensor, device: torch.device
+) -> Forward:
+    """``module`` compiled by runtime ``name`` for ``device`` (``example``: one input batch)."""
+    if name not in RUNTIMES:
+        raise UsageError(f"unknown runtime {name!r}; valid: {', '.join(RUNTIMES)}")
+    runtime = RUNTIMES[name]
+    if device.type not in runtime.devices:
+        raise UsageError(
+            f"runtime {name!r} runs on {', '.join(runtime.devices)}, not {device.type}; "
+            "valid for it: " + ", ".join(n for n, r in RUNTIMES.items() if device.type in r.devices)
+        )
+    try:
+        return runtime.compile(module, example)
+    except ImportError as exc:
+        raise EnvironmentFault(
+            f"runtime {name!r} needs {exc.name}: pip install 'featcache[{runtime.extra}]'"
+        ) from None

@@ -1,0 +1,189 @@
+"""One process's share of stage one: the model loaded once, shards computed one at a time.
+
+:meth:`ShardWorker.compute` is the one code path for features: the local engine calls it in
+a loop, each Ray actor calls it for the shards it is given. It is idempotent (a shard is
+written whole, atomically, under a name fixed by its rows), so a retry after a crash can
+only write the same shard again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+from .backbones import load_backbone, make_feature_extractor
+from .config import FLATTEN_LIMIT
+from .errors import UsageError
+from .plan import ExtractPlan
+from .preprocess import normalize
+from .probe import Probe, choose_batch_size
+from .runtimes import compile_forward, resolve_runtime
+from .shards import ShardSpec, ShardStore
+
+log = logging.getLogger(__name__)
+PREFETCH_BATCHES = 4
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError(
+            "device 'cuda' requested but no CUDA device is available; valid: cpu, auto"
+        )
+    return torch.device(name)
+
+
+def default_decoders(device: torch.device) -> int:
+    """Decoding threads: most cores beside a GPU; one beside the CPU's own forward pass."""
+    cores = os.cpu_count() or 1
+    return min(8, max(1, cores - 1)) if device.type == "cuda" else 1
+
+
+class ShardWorker:
+    """Computes shards of ``plan`` into ``store`` with its model loaded once."""
+
+    def __init__(self, plan: ExtractPlan, store: ShardStore, *, device: str = "auto",
+                 batch_size: int | None = None, decoders: int | None = None) -> None:
+        self.plan, self.store = plan, store
+        self.device = resolve_device(device)
+        model, spec = load_backbone(plan.key.backbone)
+        taps = {name: plan.taps[name] for name in store.layers}
+        module = make_feature_extractor(model, spec, taps).to(
+            self.device, memory_format=torch.channels_last
+        )
+        self.runtime = resolve_runtime(plan.cfg.runtime, self.device)
+        size = plan.key.resolution
+        example = torch.zeros(1, 3, size, size, device=self.device)
+        self.extractor = compile_forward(self.runtime, module, example, self.device)
+        self.mean, self.std = plan.preprocess.mean, plan.preprocess.std
+        self.makers = {name: plan.preprocess.views(n) for name, n in plan.views.items()}
+        given = batch_size or plan.cfg.batch_size
+        self.probe = Probe(given) if given else self._probe(taps)
+        self.batch_size = self.probe.batch_size
+        self.pool = ThreadPoolExecutor(decoders or default_decoders(self.device),
+                                       thread_name_prefix="decode")
+
+    def describe(self) -> tuple[str, str]:
+        """(runtime, what the summary line says: runtime, batch and the probe's rates)."""
+        return self.runtime, f"{self.runtime}, {self.probe.describe()}"
+
+    def _probe(self, taps: dict[str, str]) -> Probe:
+        """No batch size given: the fastest on this machine and configuration (cached)."""
+        config = {
+            "backbone": self.plan.key.backbone,
+            "taps": sorted(set(taps.values())),
+            "resolution": self.plan.key.resolution,
+            "device": self.device.type,
+            "runtime": self.runtime,
+            "pool": self.plan.cfg.pool,
+        }
+        with torch.inference_mode():
+            return choose_batch_size(self._features, resolution=self.plan.key.resolution,
+                                     device=self.device, config=config,
+                                     cache_file=self.plan.cfg.data_dir / "probe.json")
+
+    def close(self) -> None:
+        self.pool.shutdown(cancel_futures=True)
+
+    def compute(self, spec: ShardSpec, on_rows: Callable[[int], object] = lambda n: None) -> int:
+        """Decode, forward, pool and store items ``[start, end)`` of ``spec.split``."""
+        split = self.plan.dataset.splits[spec.split]
+        rows, skipped, blocks = [], [], []
+        for batch_rows, views, errors in self._batches(spec):
+            skipped += self._check_errors(split.ids, errors)
+            if views is not None:
+                blocks.append(self._forward(views))
+                rows += batch_rows
+            on_rows(len(batch_rows) + len(errors))
+        features = {
+            name: np.concatenate([b[name] for b in blocks]) for name in self.store.layers
+        } if blocks else {}
+        self.store.write(spec, rows=rows, ids=[split.ids[i] for i in rows],
+                         labels=split.labels[rows], features=features, skipped=skipped)
+        return len(rows)
+
+    def _batches(self, spec: ShardSpec) -> Iterator[tuple[list[int], torch.Tensor | None, list]]:
+        """(rows, uint8 views [B, V, 3, S, S], errors) batches; decoding runs ahead in threads."""
+        load, make = self.plan.dataset.splits[spec.split].load, self.makers[spec.split]
+        todo = iter(range(spec.start, spec.end))
+        window: deque[tuple[int, Future]] = deque()
+
+        def submit() -> None:
+            row = next(todo, None)
+            if row is not None:
+                window.append((row, self.pool.submit(_decode, load, make, row)))
+
+        for _ in range(self.batch_size * PREFETCH_BATCHES):
+            submit()
+        while window:
+            rows, tensors, errors = [], [], []
+            while window and len(rows) + len(errors) < self.batch_size:
+                row, future = window.popleft()
+                submit()
+                views, error = future.result()
+                if views is None:
+                    errors.append((row, error))
+                else:
+                    rows.append(row)
+                    tensors.append(views)
+            yield rows, (torch.stack(tensors) if tensors else None), errors
+
+    def _check_errors(self, ids: list[str], errors: list[tuple[int, str]]) -> list[int]:
+        for row, err in errors:
+            if not self.plan.cfg.skip_bad:
+                raise UsageError(
+                    f"cannot read image {ids[row]!r} ({err}); fix or remove it, "
+                    "or pass SKIP_BAD=1 (--skip-bad) to skip and record it"
+                )
+            log.warning("skipping unreadable image %s (%s)", ids[row], err)
+        return [row for row, _ in errors]
+
+    @torch.inference_mode()
+    def _forward(self, x: torch.Tensor) -> dict[str, np.ndarray]:
+        """uint8 [images, views, 3, H, W] -> each tap's features, ``batch_size`` views a pass.
+
+        Ten views make a batch ten times larger; on a CPU a pass over 320 views ran at a
+        third of the per-view speed of 32 (activations outgrow the caches), so the views go
+        through the model in slices of the batch size.
+        """
+        b, v = x.shape[:2]
+        parts = [self._features(chunk) for chunk in x.flatten(0, 1).split(self.batch_size)]
+        return {
+            k: torch.cat([p[k] for p in parts]).view(b, v, -1).squeeze(1).numpy()
+            for k in parts[0]
+        }
+
+    def _features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = x.to(self.device, non_blocking=True)
+        x = normalize(x, self.mean, self.std).contiguous(memory_format=torch.channels_last)
+        out = self.extractor(x)
+        return {k: self._reduce(k, t.float()).cpu() for k, t in out.items()}
+
+    def _reduce(self, name: str, t: torch.Tensor) -> torch.Tensor:
+        pool = self.plan.cfg.pool
+        if t.ndim == 4 and pool != "none":
+            return t.mean((2, 3)) if pool == "avg" else t.amax((2, 3))
+        if t.ndim == 3 and pool != "none":
+            return t.mean(1) if pool == "avg" else t.amax(1)
+        flat = t.flatten(1)
+        if flat.shape[1] > FLATTEN_LIMIT and not self.plan.cfg.force:
+            raise UsageError(
+                f"layer {name!r} flattens to {flat.shape[1]:,} values per image "
+                f"(limit {FLATTEN_LIMIT:,}); use POOL=avg or max, or FORCE=1 (--force)"
+            )
+        return flat
+
+
+def _decode(load: Callable, make: Callable, row: int) -> tuple[torch.Tensor | None, str]:
+    """One item's views, or None and the error text; never raises."""
+    try:
+        return make(load(row)), ""
+    except Exception as exc:
+        return None, f"{type(exc).__name__}: {exc}"

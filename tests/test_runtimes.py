@@ -1,0 +1,87 @@
+"""Forward-pass runtimes: the registry's errors, and OpenVINO's features against eager PyTorch."""
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import extract.pipeline as pipeline
+from extract.backbones import load_backbone, make_feature_extractor, resolve_layers
+from extract.cache import FeatureCache
+from extract.config import ExtractConfig
+from extract.errors import EnvironmentFault, UsageError
+from extract.runtimes import RUNTIMES, compile_forward, resolve_runtime
+
+CPU = torch.device("cpu")
+
+
+def _within_float16(got, want):
+    """Equal up to float16 rounding at the layer's scale (the cache stores float16)."""
+    scale = float(np.abs(want).max())
+    np.testing.assert_allclose(got, want, rtol=2**-10, atol=2**-11 * scale)
+
+
+def _taps(pretrained=True):
+    model, spec = load_backbone("efficientnet_lite0", pretrained=pretrained)
+    return make_feature_extractor(model, spec, resolve_layers(spec, ["pool", "block5"]))
+
+
+def test_unknown_runtime_and_wrong_device_name_the_choices():
+    with pytest.raises(UsageError, match="unknown runtime 'tensorrt'; valid: eager, openvino"):
+        compile_forward("tensorrt", torch.nn.Identity(), torch.zeros(1), CPU)
+    with pytest.raises(UsageError, match="runs on cpu, not cuda; valid for it: eager"):
+        compile_forward("openvino", torch.nn.Identity(), torch.zeros(1), torch.device("cuda"))
+    with pytest.raises(UsageError, match="unknown runtime 'fast'; valid: auto, eager, openvino"):
+        ExtractConfig(runtime="fast")
+
+
+def test_missing_package_says_which_extra_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    assert resolve_runtime("auto", CPU) == "eager"
+    with pytest.raises(EnvironmentFault, match=r"pip install 'featcache\[openvino\]'"):
+        compile_forward("openvino", _taps(pretrained=False), torch.zeros(1, 3, 32, 32), CPU)
+
+
+def test_eager_is_the_module_itself_and_the_gpu_default():
+    taps = _taps(pretrained=False)
+    assert compile_forward("eager", taps, torch.zeros(1, 3, 32, 32), CPU) is taps
+    assert resolve_runtime("auto", torch.device("cuda")) == "eager"
+    assert set(RUNTIMES) >= {"eager", "openvino"}
+
+
+@pytest.mark.slow
+def test_openvino_features_equal_eager_within_float16_rounding():
+    """Pretrained Lite0, a spatial and a pooled tap, batches of two sizes (dynamic batch)."""
+    pytest.importorskip("openvino")
+    taps = _taps()
+    x = torch.rand(5, 3, 96, 96) * 2 - 1
+    forward = compile_forward("openvino", taps, x[:2], CPU)
+    assert not any(m.training for m in taps.modules())  # export left the module in eval mode
+    with torch.inference_mode():
+        want = taps(x)
+    got = {k: torch.cat([forward(x[:2])[k], forward(x[2:])[k]]) for k in want}
+    for k in want:
+        assert got[k].shape == want[k].shape and got[k].dtype == torch.float32
+        _within_float16(got[k].numpy(), want[k].numpy())
+
+
+@pytest.mark.slow
+def test_pipeline_with_openvino_stores_the_features_of_eager(image_folder, tmp_path):
+    pytest.importorskip("openvino")
+    folder = image_folder(per_class=5)
+    feats = {}
+    for runtime in ("eager", "openvino"):
+        cfg = ExtractConfig(
+            dataset=str(folder),
+            data_dir=tmp_path / runtime,
+            resolution=64,
+            batch_size=4,
+            runtime=runtime,
+            layers=("pool", "block5"),
+        )
+        with FeatureCache(pipeline.run_extraction(cfg, progress=False).path) as cache:
+            assert cache.meta["runtime"] == runtime
+            feats[runtime] = {k: cache.features("test", k) for k in ("pool", "block5")}
+    for k, want in feats["eager"].items():
+        _within_float16(feats["openvino"][k].astype(np.float32), want.astype(np.float32))
