@@ -52,6 +52,15 @@ def test_fit_prints_accuracy_and_run_folder(data_dir: Path, capsys) -> None:
     assert Path(out.split("run: ")[1].strip()).is_dir()
 
 
+def test_fixed_epochs_reach_the_mlp(data_dir: Path, capsys) -> None:
+    code, out, _ = _run(["fit", "--data-dir", str(data_dir), "--model", "mlp", "--epochs", "2",
+                         "--weight-decay", "1e-4", "--hidden", "8"], capsys)
+    assert code == 0
+    saved = json.loads((Path(out.split("run: ")[1].strip()) / "metrics.json").read_text())
+    assert saved["params"]["epochs"] == 2 and saved["selection"] == "fixed"
+    assert saved["per_repeat"][0]["iterations"] == 2
+
+
 BAD = [
     (["--model", "forest"], "forest"),
     (["--transform", "zca"], "zca"),
@@ -68,6 +77,9 @@ BAD = [
     (["--dropout", "1.5", "--model", "mlp"], "1.5"),
     (["--weight-decay", "-0.1", "--model", "mlp"], "-0.1"),
     (["--neighbors", "0", "--model", "knn"], "0"),
+    (["--epochs", "0", "--model", "mlp"], "'epochs'"),
+    (["--epochs", "3"], "takes no epochs"),
+    (["--engine", "spark"], "spark"),
     (["--train-size", "100000"], "TRAIN_SIZE=100000"),
     (["--train-size", "0"], "TRAIN_SIZE=0"),
     (["--train-size", "2"], "TRAIN_SIZE=2"),
