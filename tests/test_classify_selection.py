@@ -261,3 +261,4 @@ def test_ray_repeats_match_the_local_run(tmp_path: Path, ray_engine) -> None:
     keep = ("seed", "params", "val_scores", "top1", "selection", "n_train")
     local, remote = ([{k: r[k] for k in keep} for r in m["per_repeat"]] for m in runs)
     assert local == remote and len(local) == 3
+    assert runs[0]["config_hash"] == runs[1]["config_hash"]  # the engine changes no result
