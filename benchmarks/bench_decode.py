@@ -2,6 +2,10 @@
 
     python benchmarks/bench_decode.py [--data ../shared/data/ucmerced-jpg] [--res 224]
                                       [--images 1000] [--batch 8] [--rounds 2]
+                                      [--size 500x375]
+
+``--size WxH`` re-encodes the chosen images at that size first (JPEG quality 90), e.g.
+ImageNet-sized photographs for docs/scale.md; ``--rounds 0`` stops after part 1.
 
 Part 1 times, one image at a time on one thread, the pipeline's steps: decode (open and
 convert to RGB), resize to the view (``MakeViews``), and the forward pass per image at
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -24,11 +29,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from extract.views import MakeViews, normalize
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from extract.backbones import load_backbone, make_feature_extractor, resolve_layers
-from extract.datasets import FileImages, _list_classes, _list_images
+from extract.backbones import get_spec, load_backbone, make_feature_extractor, resolve_layers
+from extract.images import decode
+from extract.preprocess import MakeViews, normalize
 from extract.runtimes import RUNTIMES, compile_forward
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,14 +43,14 @@ ROOT = Path(__file__).resolve().parents[1]
 class _Items(Dataset):
     """Rows -> (row, uint8 views); picklable for DataLoader worker processes."""
 
-    def __init__(self, load: FileImages, make: MakeViews) -> None:
-        self.load, self.make = load, make
+    def __init__(self, paths: list[Path], make: MakeViews) -> None:
+        self.paths, self.make = paths, make
 
     def __len__(self) -> int:
-        return len(self.load.paths)
+        return len(self.paths)
 
     def __getitem__(self, row: int) -> tuple[int, torch.Tensor]:
-        return row, self.make(self.load(row))
+        return row, self.make(self.paths[row])
 
 
 def _collate(items: list[tuple[int, torch.Tensor]]) -> tuple[list[int], torch.Tensor]:
@@ -55,6 +61,7 @@ def forward_fn(res: int, runtime: str, threads: int) -> Callable[[torch.Tensor],
     """uint8 batch -> pooled float16 features, as the pipeline computes them."""
     torch.set_num_threads(threads)
     model, spec = load_backbone("efficientnet_lite0")
+    pre = spec.preprocess(res)
     net = make_feature_extractor(model, spec, resolve_layers(spec, ["pool"]))
     net = net.to(memory_format=torch.channels_last)
     example = torch.zeros(1, 3, res, res)
@@ -62,25 +69,30 @@ def forward_fn(res: int, runtime: str, threads: int) -> Callable[[torch.Tensor],
 
     @torch.inference_mode()
     def forward(x: torch.Tensor) -> torch.Tensor:
-        x = normalize(x, spec.mean, spec.std).contiguous(memory_format=torch.channels_last)
+        x = normalize(x, pre.mean, pre.std).contiguous(memory_format=torch.channels_last)
         return net(x)["pool"].to(torch.float16)
 
     return forward
 
 
-def per_image(load: FileImages, n: int, make: MakeViews, forwards, batch: int, res: int) -> dict:
-    """ms per image of each step, one thread, median over ``n`` images."""
-    decode, resize = [], []
-    for i in range(n):
+def per_image(paths: list[Path], make: MakeViews, forwards, batch: int, res: int) -> dict:
+    """ms per image of each step, one thread, median over ``paths``."""
+    decoded, resized, whole = [], [], []
+    for path in paths:
         t0 = time.perf_counter()
-        img = load(i)
+        img = decode(path)
         img.load()
         t1 = time.perf_counter()
         make(img)
-        decode.append(t1 - t0)
-        resize.append(time.perf_counter() - t1)
+        t2 = time.perf_counter()
+        make(path)
+        decoded.append(t1 - t0)
+        resized.append(t2 - t1)
+        whole.append(time.perf_counter() - t2)
     x = torch.randint(0, 256, (batch, 3, res, res), dtype=torch.uint8)
-    out = {"decode": np.median(decode) * 1e3, "resize+tensor": np.median(resize) * 1e3}
+    out = {"decode (full size)": np.median(decoded) * 1e3,
+           "resize+tensor": np.median(resized) * 1e3,
+           "the pipeline's view (draft decode where it applies)": np.median(whole) * 1e3}
     for threads, forward in forwards.items():
         torch.set_num_threads(threads)
         forward(x)
@@ -142,29 +154,40 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--runtime", default="eager", choices=RUNTIMES)
+    parser.add_argument("--size", default=None, help="re-encode the images at WxH first")
     args = parser.parse_args()
+    torch.set_num_threads(1)
     cores = os.cpu_count()
-    paths, _ = _list_images(args.data, _list_classes(args.data))
-    step = max(1, len(paths) // args.images)
-    load = FileImages(paths[::step][: args.images])
-    make = MakeViews(args.res, 1, "bicubic", 0.875)
+    found = sorted(p for p in args.data.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg"))
+    paths = found[:: max(1, len(found) // args.images)][: args.images]
+    if args.size:
+        paths = _reencoded(paths, tuple(int(v) for v in args.size.split("x")))
+    make = get_spec("efficientnet_lite0").preprocess(args.res).views(1)
     forwards = {t: forward_fn(args.res, args.runtime, t) for t in (1, cores)}
     print(
         f"{datetime.now():%Y-%m-%d %H:%M}, {platform.machine()}, {cores} cores, "
         f"torch {torch.__version__}, {args.data.name} @ {args.res}px, batch {args.batch}, "
-        f"runtime {args.runtime}, "
-        f"{len(load.paths)} images, load {os.getloadavg()[0]:.2f}"
+        f"runtime {args.runtime}, {len(paths)} images"
+        + (f" re-encoded at {args.size}" if args.size else "")
+        + f", load {os.getloadavg()[0]:.2f}"
     )
-    costs = per_image(load, min(200, len(load.paths)), make, forwards, args.batch, args.res)
+    costs = per_image(paths[:200], make, forwards, args.batch, args.res)
     print("ms per image: " + ", ".join(f"{k} {v:.2f}" for k, v in costs.items()), flush=True)
-    items = _Items(load, make)
-    arrangements = [("workers", 0, cores), ("workers", 1, cores), ("workers", 2, cores)]
-    arrangements += [("workers", 1, 1), ("threads", 1, cores), ("threads", 2, cores)]
-    arrangements += [("threads", 1, 1)]
-    rates: dict[tuple, list[float]] = {a: [] for a in arrangements}
-    for r in range(args.rounds):
-        for a in arrangements:
-            rates[a].append(run(a, items, args.batch, forwards))
+    if args.rounds:
+        arrangements(paths, make, forwards, args.batch, args.rounds)
+
+
+def arrangements(paths: list[Path], make: MakeViews, forwards, batch: int, rounds: int) -> None:
+    """Part 2: decode + forward over ``paths`` in each arrangement, interleaved per round."""
+    cores = os.cpu_count()
+    items = _Items(paths, make)
+    cases = [("workers", 0, cores), ("workers", 1, cores), ("workers", 2, cores)]
+    cases += [("workers", 1, 1), ("threads", 1, cores), ("threads", 2, cores)]
+    cases += [("threads", 1, 1)]
+    rates: dict[tuple, list[float]] = {a: [] for a in cases}
+    for r in range(rounds):
+        for a in cases:
+            rates[a].append(run(a, items, batch, forwards))
         print(f"round {r + 1}, load {os.getloadavg()[0]:.2f}", flush=True)
     print("decode + forward, img/s per round:")
     for (kind, n, threads), rs in rates.items():
@@ -177,6 +200,18 @@ def main() -> None:
             f"  decoding in {where:>18}, torch {threads} threads: "
             + " ".join(f"{r:6.1f}" for r in rs)
         )
+
+
+def _reencoded(paths: list[Path], size: tuple[int, int]) -> list[Path]:
+    """Copies of ``paths`` resized to ``size`` and saved as JPEG (quality 90) in a temp dir."""
+    folder = Path(tempfile.mkdtemp(prefix="bench-decode-"))
+    out = []
+    for i, path in enumerate(paths):
+        target = folder / f"{i:05d}.jpg"
+        Image.open(path).convert("RGB").resize(size, Image.Resampling.BICUBIC).save(
+            target, quality=90)
+        out.append(target)
+    return out
 
 
 if __name__ == "__main__":

@@ -24,10 +24,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from extract.views import MakeViews, normalize
 
-from extract.backbones import load_backbone, make_feature_extractor, resolve_layers
-from extract.datasets import open_dataset
+from extract.backbones import get_spec, load_backbone, make_feature_extractor, resolve_layers
+from extract.preprocess import normalize
 from extract.runtimes import compile_forward
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,10 +108,11 @@ BUILDERS: dict[str, Callable[[torch.nn.Module, torch.Tensor], Forward]] = {
 
 def real_batch(res: int, n: int) -> torch.Tensor:
     """``n`` UC Merced images, preprocessed as the pipeline does (float, normalised)."""
-    data = open_dataset(str(ROOT.parent / "shared/data/ucmerced-jpg")).splits["test"]
-    make = MakeViews(res, 1, "bicubic", 0.875)
-    x = torch.cat([make(data.load(i)) for i in range(0, len(data), len(data) // n)][:n])
-    return normalize(x, (0.5,) * 3, (0.5,) * 3)
+    found = sorted((ROOT.parent / "shared/data/ucmerced-jpg").rglob("*.jpg"))
+    pre = get_spec("efficientnet_lite0").preprocess(res)
+    make = pre.views(1)
+    x = torch.cat([make(p) for p in found[:: max(1, len(found) // n)]][:n])
+    return normalize(x, pre.mean, pre.std)
 
 
 def rate(forward: Forward, batch: int, res: int, seconds: float) -> float:

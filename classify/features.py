@@ -78,11 +78,18 @@ class Block:
         return 0
 
 
+def _rebuild_hint(cache: FeatureCache) -> str:
+    """The command that rebuilds ``cache`` (stage one moves a damaged file aside first)."""
+    command = cache.meta.get("rebuild")
+    return f"rebuild it with: {command}" if command else "re-run the extraction that made it"
+
+
 def _read_part(cache: FeatureCache, part: Part, layers: Sequence[str]) -> np.ndarray:
     try:
         X = cache.features(part.split, list(layers), rows=part.rows)
     except (OSError, KeyError, ValueError, CacheError) as exc:
-        raise CacheError(f"{cache.path} is corrupt: reading {part.split!r} failed: {exc}") from None
+        raise CacheError(f"{cache.path} is corrupt: reading {part.split!r} failed: {exc}; "
+                         f"{_rebuild_hint(cache)}") from None
     return X if X.ndim == 3 else X[:, None, :]
 
 
@@ -104,5 +111,6 @@ def read(cache: FeatureCache, parts: Sequence[Part], layers: Sequence[str]) -> B
             X[lo : lo + len(part.rows)] = _read_part(cache, part, layers)
             lo += len(part.rows)
     if not np.isfinite(np.sum(X, dtype=np.float64)):
-        raise CacheError(f"{cache.path} holds non-finite features in {[p.split for p in parts]}")
+        raise CacheError(f"{cache.path} holds non-finite features in {[p.split for p in parts]}; "
+                         f"{_rebuild_hint(cache)}")
     return Block(X, y, list(views.pop()))

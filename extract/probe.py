@@ -27,9 +27,13 @@ log = logging.getLogger(__name__)
 PROBE_VERSION = 1
 CPU_MAX_BATCH = 64
 GPU_MAX_BATCH = 1024
-PAYS = 0.95  # the smallest batch within 5 % of the fastest is chosen (timings are noisy)
+# the largest batch within 3 % of the fastest is chosen: the probe times the forward step
+# only, and each batch also costs a fixed share outside it (stacking, handing over to the
+# runtime), which favours the larger of two batches the probe cannot tell apart
+PAYS = 0.97
 DECLINE = 0.9  # two sizes in a row below 90 % of the best so far end the climb
 MIN_PASS_SECONDS = 0.2  # timed passes per size: at least two, and at least this long
+OTHERS_LIMIT = 0.5  # cores' worth of other processes' CPU time above which a probe isn't kept
 
 
 @dataclass(frozen=True)
@@ -90,8 +94,9 @@ def choose_batch_size(
 ) -> Probe:
     """The cached choice for this machine and ``config``, else a fresh probe (then cached).
 
-    A probe run while the 1-minute load average exceeds the cores (other processes held
-    them) is used for this run only, not cached: its timings say little about the machine.
+    A probe during which other processes used more than half a core (measured over the
+    probe itself, from ``/proc/stat`` less this process's own CPU time) is used for this run
+    only, not cached: its timings say little about the machine.
 
     ``forward`` takes a uint8 batch [B, 3, resolution, resolution] on the CPU, as the data
     loader gives it, and does everything the pipeline does with it (copy to the device,
@@ -101,11 +106,11 @@ def choose_batch_size(
     table = _read(cache_file)
     if key in table:
         return Probe(int(table[key]["batch_size"]), "cached")
-    busy = _busy()
+    before = _cpu_seconds()
     probe = run_probe(forward, resolution=resolution, device=device, budget_s=budget_s)
-    busy = busy or _busy()
-    if busy:
-        log.info("probe: other processes held the cores (load %.1f); choice not cached", busy)
+    busy = _others_cores(before)
+    if busy > OTHERS_LIMIT:
+        log.info("probe: other processes held %.1f cores; choice not cached", busy)
         return replace(probe, source="probed under load, not cached")
     if cache_file is not None:
         table[key] = {
@@ -145,7 +150,7 @@ def run_probe(
             break
         batch *= 2
     best = max(rates.values())
-    chosen = min(b for b, r in rates.items() if r >= PAYS * best)
+    chosen = max(b for b, r in rates.items() if r >= PAYS * best)
     return Probe(chosen, "probed", rates, time.perf_counter() - start)
 
 
@@ -165,12 +170,26 @@ def _rate(forward: Callable[[torch.Tensor], object], batch: int, res: int, devic
     return batch / fastest
 
 
-def _busy() -> float:
-    """The 1-minute load average where it exceeds the cores (a noisy probe), else 0."""
-    if not hasattr(os, "getloadavg"):
+def _cpu_seconds() -> tuple[float, float, float] | None:
+    """(wall clock, CPU seconds of every process, of this one), or None without /proc/stat."""
+    try:
+        with open("/proc/stat") as fh:
+            fields = [int(v) for v in fh.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    busy = (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    own = os.times()
+    return time.perf_counter(), busy, own.user + own.system
+
+
+def _others_cores(before: tuple[float, float, float] | None) -> float:
+    """Cores' worth of CPU time other processes used since ``before`` (0 where unknown)."""
+    after = _cpu_seconds()
+    if before is None or after is None or after[0] <= before[0]:
         return 0.0
-    load = os.getloadavg()[0]
-    return load if load > machine()["cores"] else 0.0
+    others = (after[1] - before[1]) - (after[2] - before[2])
+    return max(0.0, others / (after[0] - before[0]))
 
 
 def _read(path: Path | None) -> dict[str, dict]:

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import io
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -114,6 +115,24 @@ RUNTIMES: Mapping[str, Runtime] = MappingProxyType(
         ),
     }
 )
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run torch ops with ``n`` intra-op threads, restoring the previous count afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def glue_threads(runtime: str) -> int:
+    """torch's threads around a runtime's forward pass: all of them for eager PyTorch, one
+    beside another runtime, whose own threads would otherwise fight torch's idle-spinning
+    OpenMP threads for the cores (OpenVINO end to end: 603 -> 784 img/s at 112 px)."""
+    return torch.get_num_threads() if runtime == "eager" else 1
 
 
 def resolve_runtime(name: str, device: torch.device) -> str:

@@ -23,7 +23,7 @@ from .errors import UsageError
 from .plan import ExtractPlan
 from .preprocess import normalize
 from .probe import Probe, choose_batch_size
-from .runtimes import compile_forward, resolve_runtime
+from .runtimes import compile_forward, glue_threads, resolve_runtime, torch_threads
 from .shards import ShardSpec, ShardStore
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ class ShardWorker:
             "runtime": self.runtime,
             "pool": self.plan.cfg.pool,
         }
-        with torch.inference_mode():
+        with torch.inference_mode(), torch_threads(glue_threads(self.runtime)):
             return choose_batch_size(self._features, resolution=self.plan.key.resolution,
                                      device=self.device, config=config,
                                      cache_file=self.plan.cfg.data_dir / "probe.json")
@@ -94,6 +94,10 @@ class ShardWorker:
 
     def compute(self, spec: ShardSpec, on_rows: Callable[[int], object] = lambda n: None) -> int:
         """Decode, forward, pool and store items ``[start, end)`` of ``spec.split``."""
+        with torch_threads(glue_threads(self.runtime)):
+            return self._compute(spec, on_rows)
+
+    def _compute(self, spec: ShardSpec, on_rows: Callable[[int], object]) -> int:
         split = self.plan.dataset.splits[spec.split]
         rows, skipped, blocks = [], [], []
         for batch_rows, views, errors in self._batches(spec):

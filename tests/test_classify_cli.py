@@ -129,8 +129,10 @@ def test_corrupt_and_incomplete_caches(tmp_path: Path, capsys) -> None:
     with h5py.File(path, "r+") as f:
         del f["test/features/pool"]
         f["test/features/pool"] = f["train/features/pool"][:10]
+        f.attrs["rebuild"] = "python -m extract run --dataset digits"
     code, _, err = _run(["fit", "--data-dir", str(tmp_path / "b"), "--C", "1"], capsys)
     assert code == 2 and "corrupt" in err and err.count("\n") == 1
+    assert "rebuild it with: python -m extract run --dataset digits" in err
 
 
 def test_fewer_than_two_classes(tmp_path: Path, capsys) -> None:
