@@ -18,6 +18,7 @@ import torch
 from joblib import Parallel, delayed
 
 from extract.distributed import check_engine, ray_session
+from extract.runtimes import torch_threads
 
 S = TypeVar("S")
 U = TypeVar("U")
@@ -32,17 +33,6 @@ class Engine(Protocol):
     def map_shared(
         self, work: Callable[[S, U], R], shared: Iterable[S], units: Sequence[U]
     ) -> list[list[R]]: ...
-
-
-@contextlib.contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run torch ops with ``n`` intra-op threads, restoring the previous count afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(max(1, n))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 class LocalEngine:
