@@ -89,16 +89,15 @@ def test_choice_is_cached_per_configuration(tmp_path, quiet):
     assert len(json.loads(cache_file.read_text())) == 2
 
 
+def _tiny_probe(cache_file):
+    return probe.choose_batch_size(lambda x: x.sum(), resolution=4, device=torch.device("cpu"),
+                                   config={}, cache_file=cache_file)
+
+
 def test_probe_on_a_busy_machine_is_used_but_not_cached(tmp_path, monkeypatch):
     monkeypatch.setattr(probe, "_others_cores", lambda before: 1.5)
     cache_file = tmp_path / "probe.json"
-    found = probe.choose_batch_size(
-        lambda x: x.sum(),
-        resolution=4,
-        device=torch.device("cpu"),
-        config={},
-        cache_file=cache_file,
-    )
+    found = _tiny_probe(cache_file)
     assert found.batch_size in found.rates and not cache_file.exists()
     assert "not cached" in found.describe()
 
@@ -106,13 +105,7 @@ def test_probe_on_a_busy_machine_is_used_but_not_cached(tmp_path, monkeypatch):
 def test_unreadable_probe_cache_is_probed_again(tmp_path, quiet):
     cache_file = tmp_path / "probe.json"
     cache_file.write_text("{not json")
-    found = probe.choose_batch_size(
-        lambda x: x.sum(),
-        resolution=4,
-        device=torch.device("cpu"),
-        config={},
-        cache_file=cache_file,
-    )
+    found = _tiny_probe(cache_file)
     assert not found.cached and json.loads(cache_file.read_text())
 
 
