@@ -149,7 +149,9 @@ class FeatureCache:
         try:
             self._file = h5py.File(self.path, "r")
         except OSError as exc:
-            raise CacheError(f"{self.path} is not a readable HDF5 cache ({exc})") from None
+            raise CacheError(
+                f"{self.path} is not a readable HDF5 cache ({exc}); re-run the extraction that "
+                "made it: stage one moves a damaged file aside and rebuilds it") from None
         try:
             self.meta: dict[str, Any] = {k: _decode_attr(v) for k, v in self._file.attrs.items()}
             version = self.meta.get("format_version")

@@ -29,11 +29,12 @@ STARTED=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 SECONDS=0
 
 features() {  # extract (or find) a cache; prints its path
-  "$PY" -m extract run --data-dir "$DATA_DIR" --backbone "$BACKBONE" --layers "$TAPS" "$@"
+  "$PY" -m extract run --data-dir "$DATA_DIR" --backbone "$BACKBONE" --layers "$TAPS" \
+    ${ENGINE:+--engine "$ENGINE"} "$@"
 }
 
 fit() {  # one head on one cache, its run folder tagged with this recipe's name
-  "$PY" -m classify fit --data-dir "$DATA_DIR" --tag "$RECIPE" "$@"
+  "$PY" -m classify fit --data-dir "$DATA_DIR" --tag "$RECIPE" ${ENGINE:+--engine "$ENGINE"} "$@"
 }
 
 done_recipe() {  # record the recipe's wall time and machine for the results page
