@@ -87,7 +87,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,openvino]'
 	touch $@
 
 demo: $(STAMP)  ## offline: extract the bundled digits with the embedded default backbone, then fit a linear SVM
