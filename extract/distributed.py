@@ -69,12 +69,10 @@ class _ShardActor:
         torch.set_num_threads(threads)
         self.worker = ShardWorker(plan, store, device=device)
 
-    def compute(self, spec: Any) -> tuple[int, int]:
+    def compute(self, spec: Any) -> tuple[int, int, tuple[str, str]]:
+        """(rows written, rows covered, the worker's runtime and batch description)."""
         done = self.worker.compute(spec)
-        return done, spec.end - spec.start
-
-    def describe(self) -> tuple[str, str]:
-        return self.worker.describe()
+        return done, spec.end - spec.start, self.worker.describe()
 
 
 def _actor_options(ray: ModuleType, device: str, workers: int) -> tuple[dict, int, str]:
@@ -115,7 +113,7 @@ def run_shards(plan: Any, store: Any, shards: Sequence[Any],
             (ref,), _ = ray.wait(list(running), num_returns=1)
             actor, spec = running.pop(ref)
             try:
-                done, covered = ray.get(ref)
+                done, covered, about = ray.get(ref)
             except ray.exceptions.RayActorError as exc:
                 attempts[spec] += 1
                 if attempts[spec] >= MAX_ATTEMPTS:
@@ -134,6 +132,5 @@ def run_shards(plan: Any, store: Any, shards: Sequence[Any],
                 raise
             images += done
             on_rows(covered)
-            about = about or ray.get(actor.describe.remote())
             idle.append(actor)
         return images, about
