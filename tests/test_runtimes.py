@@ -1,5 +1,6 @@
 """Forward-pass runtimes: the registry's errors, and OpenVINO's features against eager PyTorch."""
 
+import builtins
 import sys
 
 import numpy as np
@@ -41,6 +42,21 @@ def test_missing_package_says_which_extra_to_install(monkeypatch):
     assert resolve_runtime("auto", CPU) == "eager"
     with pytest.raises(EnvironmentFault, match=r"pip install 'featcache\[openvino\]'"):
         compile_forward("openvino", _taps(pretrained=False), torch.zeros(1, 3, 32, 32), CPU)
+
+
+def test_a_broken_openvino_falls_back_to_eager_and_says_so(monkeypatch, caplog):
+    """An OpenVINO built for another numpy raises AttributeError on import, not ImportError."""
+    real_import = builtins.__import__
+
+    def broken(name, *args, **kwargs):
+        if name == "openvino":
+            raise AttributeError("module 'numpy' has no attribute 'exceptions'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.delitem(sys.modules, "openvino", raising=False)
+    monkeypatch.setattr(builtins, "__import__", broken)
+    assert resolve_runtime("auto", CPU) == "eager"
+    assert "OpenVINO is installed but does not import (AttributeError" in caplog.text
 
 
 def test_eager_is_the_module_itself_and_the_gpu_default():
