@@ -12,6 +12,8 @@ same order as the difference eager PyTorch itself shows between batch sizes.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import io
 import logging
 import warnings
@@ -37,6 +39,20 @@ class Runtime:
     devices: tuple[str, ...]
     extra: str | None  # the pip extra that installs it
     description: str
+    modules: tuple[str, ...] = ()  # what it imports
+
+    def problem(self) -> str | None:
+        """Why this runtime cannot run here (a module missing or broken), or None."""
+        for module in self.modules:
+            try:
+                importlib.import_module(module)
+            except ImportError:
+                return (f"runtime {self.name!r} needs {module}: "
+                        f"pip install 'featcache[{self.extra}]'")
+            except Exception as exc:  # installed but broken, e.g. built for another numpy
+                return (f"runtime {self.name!r}: {module} is installed but does not import "
+                        f"({type(exc).__name__}: {exc})")
+        return None
 
 
 def _eager(module: nn.Module, example: torch.Tensor) -> Forward:
@@ -114,6 +130,7 @@ RUNTIMES: Mapping[str, Runtime] = MappingProxyType(
             ("cpu",),
             "openvino",
             "OpenVINO (float32), from an ONNX export of the taps",
+            ("openvino", "onnx"),
         ),
     }
 )
@@ -143,13 +160,12 @@ def resolve_runtime(name: str, device: torch.device) -> str:
         return name
     if device.type != "cpu":
         return "eager"
-    try:
-        import openvino  # noqa: F401
-    except ImportError:
-        return "eager"
-    except Exception as exc:  # installed but broken, e.g. built for another numpy
-        log.warning("OpenVINO is installed but does not import (%s: %s); using eager PyTorch",
-                    type(exc).__name__, exc)
+    openvino = RUNTIMES["openvino"]
+    if not all(importlib.util.find_spec(m) for m in openvino.modules):
+        return "eager"  # not installed: the usual case, nothing to say
+    problem = openvino.problem()
+    if problem is not None:
+        log.warning("%s; using eager PyTorch", problem)
         return "eager"
     return "openvino"
 
@@ -166,9 +182,7 @@ def compile_forward(
             f"runtime {name!r} runs on {', '.join(runtime.devices)}, not {device.type}; "
             "valid for it: " + ", ".join(n for n, r in RUNTIMES.items() if device.type in r.devices)
         )
-    try:
-        return runtime.compile(module, example)
-    except ImportError as exc:
-        raise EnvironmentFault(
-            f"runtime {name!r} needs {exc.name}: pip install 'featcache[{runtime.extra}]'"
-        ) from None
+    problem = runtime.problem()
+    if problem is not None:
+        raise EnvironmentFault(problem)
+    return runtime.compile(module, example)
