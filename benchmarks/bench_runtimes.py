@@ -16,7 +16,6 @@ import argparse
 import copy
 import os
 import platform
-import tempfile
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -27,7 +26,7 @@ import torch
 
 from extract.backbones import get_spec, load_backbone, make_feature_extractor, resolve_layers
 from extract.preprocess import normalize
-from extract.runtimes import compile_forward
+from extract.runtimes import compile_forward, onnx_export
 
 ROOT = Path(__file__).resolve().parents[1]
 Forward = Callable[[torch.Tensor], dict[str, np.ndarray]]
@@ -56,31 +55,13 @@ def build_compile(net: torch.nn.Module, x: torch.Tensor) -> Forward:
     return run
 
 
-def _onnx(net: torch.nn.Module, x: torch.Tensor, folder: str) -> tuple[str, list[str]]:
-    with torch.inference_mode():
-        names = list(net(x[:1]))
-    path = os.path.join(folder, "model.onnx")
-    torch.onnx.export(
-        net,
-        (x,),
-        path,
-        input_names=["x"],
-        output_names=names,
-        dynamic_axes={"x": {0: "batch"}, **{n: {0: "batch"} for n in names}},
-        dynamo=False,
-        opset_version=17,
-    )
-    return path, names
-
-
 def build_onnxruntime(net: torch.nn.Module, x: torch.Tensor) -> Forward:
     import onnxruntime as ort
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path, names = _onnx(net, x, tmp)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    data, names = onnx_export(net, x)  # the tool's own export (extract/runtimes.py)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 
     def run(t: torch.Tensor) -> dict[str, np.ndarray]:
         return dict(zip(names, session.run(None, {"x": t.contiguous().numpy()}), strict=True))

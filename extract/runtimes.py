@@ -59,7 +59,7 @@ def _eager(module: nn.Module, example: torch.Tensor) -> Forward:
     return module.eval()
 
 
-def _onnx_bytes(module: nn.Module, example: torch.Tensor) -> tuple[bytes, list[str]]:
+def onnx_export(module: nn.Module, example: torch.Tensor) -> tuple[bytes, list[str]]:
     """The module as ONNX with a dynamic batch axis; outputs named by the taps' aliases."""
     module.eval()  # export restores the mode it finds, on every submodule
     with torch.inference_mode():
@@ -89,7 +89,7 @@ def _openvino(module: nn.Module, example: torch.Tensor) -> Forward:
     """
     import openvino as ov
 
-    data, names = _onnx_bytes(module, example)
+    data, names = onnx_export(module, example)
     core = ov.Core()
     compiled = core.compile_model(
         core.read_model(io.BytesIO(data)),
