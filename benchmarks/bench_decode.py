@@ -63,14 +63,12 @@ def forward_fn(res: int, runtime: str, threads: int) -> Callable[[torch.Tensor],
     model, spec = load_backbone("efficientnet_lite0")
     pre = spec.preprocess(res)
     net = make_feature_extractor(model, spec, resolve_layers(spec, ["pool"]))
-    net = net.to(memory_format=torch.channels_last)
     example = torch.zeros(1, 3, res, res)
-    net = compile_forward(runtime, net, example, torch.device("cpu"))
+    net = compile_forward(runtime, net, example, torch.device("cpu")).forward
 
     @torch.inference_mode()
     def forward(x: torch.Tensor) -> torch.Tensor:
-        x = normalize(x, pre.mean, pre.std).contiguous(memory_format=torch.channels_last)
-        return net(x)["pool"].to(torch.float16)
+        return net(normalize(x, pre.mean, pre.std))["pool"].to(torch.float16)
 
     return forward
 

@@ -71,7 +71,7 @@ def build_onnxruntime(net: torch.nn.Module, x: torch.Tensor) -> Forward:
 
 def build_openvino(net: torch.nn.Module, x: torch.Tensor) -> Forward:
     """The tool's own runtime (extract/runtimes.py)."""
-    forward = compile_forward("openvino", net, x, torch.device("cpu"))
+    forward = compile_forward("openvino", net, x, torch.device("cpu")).forward
 
     def run(t: torch.Tensor) -> dict[str, np.ndarray]:
         return {k: v.numpy() for k, v in forward(t).items()}

@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.model_selection import StratifiedKFold, train_test_split
+from sklearn.model_selection import StratifiedKFold
 
 from extract.errors import UsageError
+from extract.stratified import stratified_split as _split
 
 MIN_HOLDOUT = 1000
 CV_FOLDS = 5
@@ -25,10 +26,7 @@ def stratified_split(
             f"cannot carve a stratified {what} of {count} from {len(y)} samples of "
             f"{n_classes} classes (every class needs at least 2 samples)"
         )
-    kept, out = train_test_split(
-        np.arange(len(y)), test_size=count, stratify=y, random_state=seed
-    )
-    return np.sort(kept), np.sort(out)
+    return _split(y, test=count, seed=seed)
 
 
 def stratified_subset(
@@ -42,8 +40,7 @@ def stratified_subset(
     n_classes = len(np.unique(y))
     if size < n_classes:
         raise UsageError(f"{what}={size} is smaller than the number of classes ({n_classes})")
-    subset, _ = train_test_split(np.arange(len(y)), train_size=size, stratify=y, random_state=seed)
-    return np.sort(subset)
+    return _split(y, train=size, seed=seed)[0]
 
 
 def per_class(y: np.ndarray, shots: int, seed: int) -> np.ndarray:

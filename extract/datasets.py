@@ -21,6 +21,7 @@ from .errors import UsageError
 from .images import Source
 from .layouts import FINGERPRINT_MODES, SPLIT_NAMES, FileList, read_manifest, scan_folder
 from .layouts import fingerprint as layout_fingerprint
+from .stratified import stratified_split
 
 log = logging.getLogger(__name__)
 
@@ -118,12 +119,7 @@ class ImageDataset:
 def _stratified_rows(labels: np.ndarray, limit: int, seed: int) -> np.ndarray:
     if limit >= len(labels):
         return np.arange(len(labels))
-    from sklearn.model_selection import train_test_split
-
-    rows, _ = train_test_split(
-        np.arange(len(labels)), train_size=limit, stratify=labels, random_state=seed
-    )
-    return np.sort(rows)
+    return stratified_split(labels, train=limit, seed=seed)[0]
 
 
 def _hash_arrays(*arrays: np.ndarray) -> str:
@@ -140,23 +136,19 @@ def _split_once(
     test_fraction: float,
     seed: int,
 ) -> tuple[dict[str, Split], str]:
-    from sklearn.model_selection import train_test_split
-
     if not 0.0 < test_fraction < 1.0:
         raise UsageError(f"test fraction {test_fraction} must be in (0, 1)")
     counts = np.bincount(labels)
     if counts[counts > 0].min() < 2:
         raise UsageError("every class needs at least 2 images to split into train and test")
     try:
-        train, test = train_test_split(
-            np.arange(len(ids)), test_size=test_fraction, stratify=labels, random_state=seed
-        )
-    except ValueError as exc:
+        train, test = stratified_split(labels, test=test_fraction, seed=seed)
+    except UsageError as exc:
         raise UsageError(
             f"cannot split {len(ids)} images with test fraction {test_fraction}: {exc}"
         ) from None
     whole = Split(ids, labels, load)
-    splits = {"train": whole.subset(np.sort(train)), "test": whole.subset(np.sort(test))}
+    splits = {"train": whole.subset(train), "test": whole.subset(test)}
     return splits, f"stratified test={test_fraction} seed={seed}"
 
 

@@ -10,7 +10,8 @@ or ten views is the one-view image pixel for pixel; ten add the five mirrored.
 The geometry calls torchvision's own functions (``resize``, ``center_crop``, ``five_crop``)
 on PIL images, exactly as ``weights.transforms()`` and timm's eval transform do; a test
 checks the pixels against both libraries on a real photo. Views are uint8 tensors (cheap
-to batch, pin and copy); :func:`normalize` scales them on the device.
+to batch, pin and copy); :func:`normalize` (or the :class:`Normalize` layer in front of the
+model) scales them on the device.
 """
 
 from __future__ import annotations
@@ -140,3 +141,17 @@ def normalize(batch: torch.Tensor, mean: Sequence[float], std: Sequence[float]) 
     m = torch.tensor(mean, device=batch.device).view(3, 1, 1) * 255.0
     s = torch.tensor(std, device=batch.device).view(3, 1, 1) * 255.0
     return (batch.float() - m) / s
+
+
+class Normalize(torch.nn.Module):
+    """:func:`normalize` as the first layer of a model, so that a runtime compiling the model
+    fuses it with the rest: in OpenVINO one pass over the pixels instead of torch's three
+    (0.62 ms of a core an image at 224 px, an eighth of the forward pass, on the 2-core CPU)."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.register_buffer("shift", torch.tensor(mean).view(3, 1, 1) * 255.0)
+        self.register_buffer("scale", torch.tensor(std).view(3, 1, 1) * 255.0)
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        return (batch.float() - self.shift) / self.scale

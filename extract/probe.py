@@ -17,6 +17,7 @@ import platform
 import tempfile
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -24,7 +25,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-PROBE_VERSION = 1
+PROBE_VERSION = 2  # 2: a pass runs one batch per stream at once
 CPU_MAX_BATCH = 64
 GPU_MAX_BATCH = 1024
 # the largest batch within 3 % of the fastest is chosen: the probe times the forward step
@@ -90,6 +91,7 @@ def choose_batch_size(
     device: torch.device,
     config: Mapping[str, object],
     cache_file: Path | None,
+    streams: int = 1,
     budget_s: float = 10.0,
 ) -> Probe:
     """The cached choice for this machine and ``config``, else a fresh probe (then cached).
@@ -100,14 +102,16 @@ def choose_batch_size(
 
     ``forward`` takes a uint8 batch [B, 3, resolution, resolution] on the CPU, as the data
     loader gives it, and does everything the pipeline does with it (copy to the device,
-    normalise, extract, pool); ``config`` names what else changes its speed.
+    normalise, extract, pool); ``streams`` calls of it run at once, as in the pipeline;
+    ``config`` names what else changes its speed.
     """
     key = probe_key(config)
     table = _read(cache_file)
     if key in table:
         return Probe(int(table[key]["batch_size"]), "cached")
     before = _cpu_seconds()
-    probe = run_probe(forward, resolution=resolution, device=device, budget_s=budget_s)
+    probe = run_probe(forward, resolution=resolution, device=device, streams=streams,
+                      budget_s=budget_s)
     busy = _others_cores(before)
     if busy > OTHERS_LIMIT:
         log.info("probe: other processes held %.1f cores; choice not cached", busy)
@@ -130,6 +134,7 @@ def run_probe(
     *,
     resolution: int,
     device: torch.device,
+    streams: int = 1,
     budget_s: float = 10.0,
 ) -> Probe:
     """Time batch sizes 1, 2, 4, ... until the rate declines, memory runs out or time is up."""
@@ -139,7 +144,7 @@ def run_probe(
     batch, below = 1, 0
     while batch <= (GPU_MAX_BATCH if on_gpu else CPU_MAX_BATCH):
         try:
-            rates[batch] = _rate(forward, batch, resolution, device)
+            rates[batch] = _rate(forward, batch, resolution, device, streams)
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
             log.info("probe: batch %d does not fit in GPU memory", batch)
@@ -154,20 +159,29 @@ def run_probe(
     return Probe(chosen, "probed", rates, time.perf_counter() - start)
 
 
-def _rate(forward: Callable[[torch.Tensor], object], batch: int, res: int, device: torch.device):
-    """img/s of the fastest timed pass after one warm-up pass (which builds kernels)."""
+def _rate(forward: Callable[[torch.Tensor], object], batch: int, res: int, device: torch.device,
+          streams: int) -> float:
+    """img/s of the fastest timed pass after one warm-up pass (which builds kernels); a pass
+    is ``streams`` calls at once, one per thread, where the runtime has several streams."""
     x = torch.randint(0, 256, (batch, 3, res, res), dtype=torch.uint8)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    forward(x)
-    sync()
-    fastest, passes, began = float("inf"), 0, time.perf_counter()
-    while passes < 2 or time.perf_counter() - began < MIN_PASS_SECONDS:
-        t = time.perf_counter()
-        forward(x)
-        sync()
-        fastest = min(fastest, time.perf_counter() - t)
-        passes += 1
-    return batch / fastest
+    with ThreadPoolExecutor(streams) as threads:
+
+        def one_pass() -> None:
+            if streams == 1:
+                forward(x)
+            else:
+                list(threads.map(forward, [x] * streams))
+            sync()
+
+        one_pass()
+        fastest, passes, began = float("inf"), 0, time.perf_counter()
+        while passes < 2 or time.perf_counter() - began < MIN_PASS_SECONDS:
+            t = time.perf_counter()
+            one_pass()
+            fastest = min(fastest, time.perf_counter() - t)
+            passes += 1
+    return streams * batch / fastest
 
 
 def _cpu_seconds() -> tuple[float, float, float] | None:

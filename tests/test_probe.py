@@ -19,7 +19,7 @@ RATES_224 = {1: 77.0, 2: 90.0, 4: 103.0, 8: 112.0, 16: 76.0, 32: 66.0, 64: 60.0}
 
 
 def _table_rates(table, calls, oom_from=None):
-    def fake(forward, batch, res, device):
+    def fake(forward, batch, res, device, streams):
         calls.append(batch)
         if oom_from is not None and batch >= oom_from:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory")
@@ -153,3 +153,22 @@ def test_busy_measure_counts_other_processes_not_this_one():
     subprocess.run([sys.executable, "-c", spin], check=True)
     child = probe._others_cores(before)
     assert child > own + 0.5, (own, child)
+
+
+def test_a_pass_runs_one_batch_per_stream_at_once():
+    """With two streams the probe's pass is two calls in flight together, counted as such."""
+    import threading
+
+    inside, most, lock = [0], [0], threading.Lock()
+
+    def forward(x):
+        with lock:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        threading.Event().wait(0.01)
+        with lock:
+            inside[0] -= 1
+
+    rate = probe._rate(forward, 4, 16, torch.device("cpu"), 2)
+    assert most[0] == 2
+    assert 2 * 4 / 0.05 < rate < 2 * 4 / 0.01  # two batches of 4 in about 10 ms

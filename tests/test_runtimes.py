@@ -3,6 +3,7 @@
 import importlib
 import importlib.util
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -63,9 +64,14 @@ def test_a_broken_export_package_falls_back_to_eager_and_says_so(monkeypatch, ca
         compile_forward("openvino", _taps(pretrained=False), torch.zeros(1, 3, 32, 32), CPU)
 
 
-def test_eager_is_the_module_itself_and_the_gpu_default():
+def test_eager_is_the_module_in_channels_last_and_the_gpu_default():
     taps = _taps(pretrained=False)
-    assert compile_forward("eager", taps, torch.zeros(1, 3, 32, 32), CPU) is taps
+    x = torch.rand(2, 3, 32, 32)
+    compiled = compile_forward("eager", taps, x[:1], CPU)
+    assert compiled.streams == 1
+    with torch.inference_mode():
+        got, want = compiled.forward(x), taps(x)
+    assert all(torch.allclose(got[k], want[k], atol=1e-5) for k in want)
     assert resolve_runtime("auto", torch.device("cuda")) == "eager"
     assert set(RUNTIMES) >= {"eager", "openvino"}
 
@@ -76,11 +82,14 @@ def test_openvino_features_equal_eager_within_float16_rounding():
     pytest.importorskip("openvino")
     taps = _taps()
     x = torch.rand(5, 3, 96, 96) * 2 - 1
-    forward = compile_forward("openvino", taps, x[:2], CPU)
+    compiled = compile_forward("openvino", taps, x[:2], CPU)
     assert not any(m.training for m in taps.modules())  # export left the module in eval mode
     with torch.inference_mode():
         want = taps(x)
-    got = {k: torch.cat([forward(x[:2])[k], forward(x[2:])[k]]) for k in want}
+    with ThreadPoolExecutor(compiled.streams + 1) as threads:  # calls from threads at once
+        parts = list(threads.map(compiled.forward, [x[:2], x[2:], x[:2]]))
+    got = {k: torch.cat([parts[0][k], parts[1][k]]) for k in want}
+    assert all(torch.equal(parts[0][k], parts[2][k]) for k in want)
     for k in want:
         assert got[k].shape == want[k].shape and got[k].dtype == torch.float32
         _within_float16(got[k].numpy(), want[k].numpy())
