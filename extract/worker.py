@@ -151,7 +151,10 @@ class ShardWorker:
         while window:
             future = window.popleft()
             submit()
-            yield future.result()
+            rows, views, errors = future.result()
+            # stacked here: a torch op on a decoding thread would start a second OpenMP team
+            # beside eager PyTorch's, and the two teams' spinning threads fight for the cores
+            yield rows, (torch.stack(views) if views else None), errors
 
     def _check_errors(self, ids: list[str], errors: list[tuple[int, str]]) -> list[int]:
         for row, err in errors:
@@ -208,8 +211,8 @@ class ShardWorker:
 
 
 def _decode_batch(load: Callable, make: Callable, rows: range) -> tuple[
-        list[int], torch.Tensor | None, list[tuple[int, str]]]:
-    """(rows decoded, their views stacked, (row, error text) of the rest); never raises."""
+        list[int], list[torch.Tensor], list[tuple[int, str]]]:
+    """(rows decoded, their views, (row, error text) of the rest); never raises."""
     good, views, errors = [], [], []
     for row in rows:
         try:
@@ -217,4 +220,4 @@ def _decode_batch(load: Callable, make: Callable, rows: range) -> tuple[
             good.append(row)
         except Exception as exc:
             errors.append((row, f"{type(exc).__name__}: {exc}"))
-    return good, (torch.stack(views) if views else None), errors
+    return good, views, errors
