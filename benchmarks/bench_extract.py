@@ -31,7 +31,6 @@ import shutil
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 
@@ -43,6 +42,7 @@ from extract.backbones import load_backbone, make_feature_extractor, resolve_lay
 from extract.config import ExtractConfig
 from extract.efficientnet_lite import lite_weights_file
 from extract.pipeline import run_extraction
+from extract.probe import pass_rate
 from extract.runtimes import compile_forward, resolve_runtime
 
 DATA = Path(__file__).resolve().parents[2] / "shared/data"
@@ -73,31 +73,13 @@ def best_forward(res: int, runtime: str, seconds: float = 1.0) -> dict[int, floa
     cpu = torch.device("cpu")
     runtime = resolve_runtime(runtime, cpu)
     compiled = compile_forward(runtime, net, torch.zeros(1, 3, res, res), cpu)
-    streams = compiled.streams
 
     def forward(x: torch.Tensor) -> object:
         with torch.inference_mode():  # per thread
             return compiled.forward(x)
 
-    rates = {}
-    with ThreadPoolExecutor(streams) as threads:
-
-        def one_pass(batches: list[torch.Tensor]) -> None:  # one batch per stream, at once
-            if streams == 1:  # here: eager PyTorch's threads belong to this thread
-                forward(batches[0])
-            else:
-                list(threads.map(forward, batches))
-
-        for b in BATCHES:
-            batches = [torch.randn(b, 3, res, res)] * streams
-            one_pass(batches)
-            fastest, began = float("inf"), time.perf_counter()
-            while time.perf_counter() - began < seconds:
-                t = time.perf_counter()
-                one_pass(batches)
-                fastest = min(fastest, time.perf_counter() - t)
-            rates[b] = streams * b / fastest
-    return rates
+    return {b: pass_rate(forward, torch.randn(b, 3, res, res), compiled.streams, cpu, seconds)
+            for b in BATCHES}
 
 
 def naive_loop(folder: Path, res: int, out: Path) -> tuple[float, float]:

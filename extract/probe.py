@@ -161,9 +161,16 @@ def run_probe(
 
 def _rate(forward: Callable[[torch.Tensor], object], batch: int, res: int, device: torch.device,
           streams: int) -> float:
-    """img/s of the fastest timed pass after one warm-up pass (which builds kernels); a pass
-    is ``streams`` calls at once, one per thread, where the runtime has several streams."""
+    """img/s of ``forward`` on a random uint8 batch (see :func:`pass_rate`)."""
     x = torch.randint(0, 256, (batch, 3, res, res), dtype=torch.uint8)
+    return pass_rate(forward, x, streams, device)
+
+
+def pass_rate(forward: Callable[[torch.Tensor], object], x: torch.Tensor, streams: int,
+              device: torch.device, min_seconds: float = MIN_PASS_SECONDS) -> float:
+    """img/s of the fastest timed pass after one warm-up pass (which builds kernels); a pass
+    is ``streams`` calls on ``x`` at once, one per thread, where the runtime has several
+    streams, and one call on this thread otherwise (eager PyTorch's threads belong to it)."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     with ThreadPoolExecutor(streams) as threads:
 
@@ -176,12 +183,12 @@ def _rate(forward: Callable[[torch.Tensor], object], batch: int, res: int, devic
 
         one_pass()
         fastest, passes, began = float("inf"), 0, time.perf_counter()
-        while passes < 2 or time.perf_counter() - began < MIN_PASS_SECONDS:
+        while passes < 2 or time.perf_counter() - began < min_seconds:
             t = time.perf_counter()
             one_pass()
             fastest = min(fastest, time.perf_counter() - t)
             passes += 1
-    return streams * batch / fastest
+    return streams * len(x) / fastest
 
 
 def _cpu_seconds() -> tuple[float, float, float] | None:
