@@ -3,13 +3,16 @@
 Both minimise ``0.5 ||W||^2 + C * sum_i loss_i`` (scikit-learn's scaling; the intercept is not
 penalised). Two classes use one weight vector, as LinearSVC and LogisticRegression do.
 
-The solver (``solve``) fits a whole grid of C values in one pass: their weights are stacked into
-one matrix, so each iteration reads the training matrix twice whatever the grid's length, and
-each C keeps its own L-BFGS history, step and stopping test, so the result for every C is the
-one a fit with that C alone reaches. Weights are parametrised as ``W = U P`` where
-``P ~ (lambda I + a Cov)^(-1/2)`` comes from one eigendecomposition of the covariance of at
-most ``PRECOND_ROWS`` evenly spaced rows, shared by the grid. That changes the path, not the
-optimum, and cuts iterations about tenfold on correlated CNN features.
+The solver (``solve``) fits a whole grid of C values stacked: their weights form one matrix,
+so each iteration reads the training matrix twice whatever the number of C values, and each C
+keeps its own L-BFGS history, step and stopping test (max |gradient| below ``tol`` times its
+value at zero), so the result for every C is the optimum a fit with that C alone reaches,
+within ``tol``. It runs in two rounds: every other C from zero, then the rest from the mean of
+their neighbours' solutions, which is close to their own. Weights are parametrised as
+``W = U P`` where ``P ~ (lambda I + a Cov)^(-1/2)`` comes from one eigendecomposition of the
+covariance of at most ``PRECOND_ROWS`` evenly spaced rows, shared by the grid, and the
+intercept is scaled by ``a^(-1/2)`` to match. That changes the path, not the optimum, and cuts
+iterations about tenfold on correlated CNN features.
 """
 
 from __future__ import annotations
@@ -50,16 +53,17 @@ class SquaredHinge:
     @staticmethod
     def target(codes: torch.Tensor, outputs: int) -> torch.Tensor:
         if outputs == 1:
-            return (2.0 * codes - 1.0).view(-1, 1, 1)
-        signs = torch.full((len(codes), 1, outputs), -1.0)
-        signs[torch.arange(len(codes)), 0, codes] = 1.0
+            return (2.0 * codes - 1.0).view(1, 1, -1)
+        signs = torch.full((1, outputs, len(codes)), -1.0)
+        signs[0, codes, torch.arange(len(codes))] = 1.0
         return signs
 
     @staticmethod
     def __call__(scores: torch.Tensor, signs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-block summed loss (float64) and its gradient with respect to ``scores``."""
+        """Per-block summed loss (float64) and its gradient with respect to ``scores``
+        (blocks, outputs, rows)."""
         slack = torch.relu(1.0 - signs * scores)
-        value = slack.square().sum(dim=(0, 2), dtype=torch.float64)
+        value = slack.square().sum(dim=(1, 2), dtype=torch.float64)
         return value, slack.mul_(-2.0 * signs)
 
 
@@ -71,21 +75,23 @@ class CrossEntropy:
     @staticmethod
     def target(codes: torch.Tensor, outputs: int) -> torch.Tensor:
         if outputs == 1:
-            return (2.0 * codes - 1.0).view(-1, 1, 1)
-        return codes.view(-1, 1, 1)
+            return (2.0 * codes - 1.0).view(1, 1, -1)
+        return codes.view(1, 1, -1)
 
     @staticmethod
     def __call__(scores: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-block summed loss (float64) and its gradient with respect to ``scores``."""
-        if scores.shape[2] == 1:
+        """Per-block summed loss (float64) and its gradient with respect to ``scores``
+        (blocks, outputs, rows): softmax over the outputs, a stride of one row apart, which
+        is several times faster than over a last axis of ten."""
+        if scores.shape[1] == 1:
             margin = -target * scores
-            value = torch.nn.functional.softplus(margin).sum(dim=(0, 2), dtype=torch.float64)
+            value = torch.nn.functional.softplus(margin).sum(dim=(1, 2), dtype=torch.float64)
             return value, torch.sigmoid(margin).mul_(-target)
-        log_p = torch.log_softmax(scores, dim=2)
-        index = target.expand(-1, scores.shape[1], 1)
-        value = -log_p.gather(2, index).sum(dim=(0, 2), dtype=torch.float64)
+        log_p = torch.log_softmax(scores, dim=1)
+        index = target.expand(scores.shape[0], 1, -1)
+        value = -log_p.gather(1, index).sum(dim=(1, 2), dtype=torch.float64)
         grad = log_p.exp_()
-        grad.scatter_add_(2, index, torch.full(index.shape, -1.0))
+        grad.scatter_add_(1, index, torch.full(index.shape, -1.0))
         return value, grad
 
 
@@ -101,10 +107,19 @@ class Solution:
     stop: str
 
 
-class _Preconditioner:
-    """``U -> U P_g`` with ``P_g = Q (D_g - c_g) Q^T + c_g I`` for each grid point ``g``."""
+@dataclass(frozen=True)
+class _Spectrum:
+    """The column means of ``X`` and the eigendecomposition of the covariance of at most
+    ``PRECOND_ROWS`` evenly spaced rows; ``complete`` where the axes span every feature."""
 
-    def __init__(self, X: torch.Tensor, mean: torch.Tensor, lams: torch.Tensor, curvature: float):
+    mean: torch.Tensor
+    axes: torch.Tensor
+    variances: torch.Tensor
+    complete: bool
+
+    @classmethod
+    def of(cls, X: torch.Tensor) -> _Spectrum:
+        mean = X.mean(dim=0)
         rows = torch.linspace(0, len(X) - 1, min(len(X), PRECOND_ROWS)).long()
         sample = X[rows] - mean
         m, d = sample.shape
@@ -115,77 +130,106 @@ class _Preconditioner:
             keep = variances > 1e-6 * variances.max()
             variances, vectors = variances[keep], vectors[:, keep]
             axes = sample.double().T @ vectors / torch.sqrt(variances * m)
-        variances = variances.clamp_min(0.0)
-        self.axes = axes.float()
+        return cls(mean, axes.float(), variances.clamp_min(0.0), d <= m)
+
+
+class _Preconditioner:
+    """``U -> U P_g`` with ``P_g = Q (D_g - c_g) Q^T + c_g I`` for each grid point ``g``; the
+    (unpenalised) intercept is scaled by ``a^(-1/2)``, as a constant feature of 1 would be."""
+
+    def __init__(self, spectrum: _Spectrum, lams: torch.Tensor, curvature: float) -> None:
+        self.axes = spectrum.axes
         lams = lams.double()[:, None]
-        if d > m:
-            self.fill = ((lams[:, 0] + curvature * variances.min()) ** -0.5).float()
-        else:
+        if spectrum.complete:
             self.fill = torch.zeros(len(lams))
-        self.scale = ((lams + curvature * variances) ** -0.5 - self.fill[:, None]).float()
+        else:
+            self.fill = ((lams[:, 0] + curvature * spectrum.variances.min()) ** -0.5).float()
+        self.scale = ((lams + curvature * spectrum.variances) ** -0.5
+                      - self.fill[:, None]).float()
+        self.intercept = curvature**-0.5
 
     def __call__(self, U: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
         """``U`` (blocks, outputs, d) mapped block by block."""
-        rotated = (U @ self.axes) * self.scale[blocks, None, :]
-        return torch.baddbmm(
-            U * self.fill[blocks, None, None], rotated, self.axes.T.expand(len(U), -1, -1)
-        )
+        return self._map(U, self.scale[blocks], self.fill[blocks])
+
+    def inverse(self, W: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
+        """``W`` (blocks, outputs, d) mapped by ``P_g^-1`` block by block."""
+        fill = self.fill[blocks]
+        inverse_fill = torch.where(fill > 0, 1.0 / fill, torch.zeros_like(fill))
+        return self._map(W, 1.0 / (self.scale[blocks] + fill[:, None]) - inverse_fill[:, None],
+                         inverse_fill)
+
+    def _map(self, U: torch.Tensor, scale: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
+        rotated = (U @ self.axes) * scale[:, None, :]
+        return torch.baddbmm(U * fill[:, None, None], rotated, self.axes.T.expand(len(U), -1, -1))
 
 
 class _Objective:
     """Value and gradient of every stacked block's objective with one read of ``X`` per pass."""
 
-    def __init__(self, X: np.ndarray, codes: np.ndarray, outputs: int, Cs: Sequence[float],
-                 loss: SquaredHinge | CrossEntropy) -> None:
-        self.X = torch.from_numpy(X)
-        self.n, self.d = self.X.shape
-        self.outputs = outputs
-        self.loss = loss
-        self.target = loss.target(torch.from_numpy(codes), outputs)
+    def __init__(self, X: torch.Tensor, target: torch.Tensor, outputs: int, Cs: Sequence[float],
+                 loss: SquaredHinge | CrossEntropy, spectrum: _Spectrum) -> None:
+        self.X, self.target, self.outputs, self.loss = X, target, outputs, loss
+        self.n, self.d = X.shape
         self.lams = 1.0 / (torch.tensor(Cs, dtype=torch.float64) * self.n)
-        self.mean = self.X.mean(dim=0)
-        self.precond = _Preconditioner(self.X, self.mean, self.lams, loss.curvature)
+        self.mean = spectrum.mean
+        self.precond = _Preconditioner(spectrum, self.lams, loss.curvature)
         self.size = outputs * self.d + outputs
 
     def weights(self, x: torch.Tensor, blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Coefficients (b, outputs, d) and intercepts (b, outputs) in the input's coordinates."""
         U = x[:, : -self.outputs].view(len(x), self.outputs, self.d)
         W = self.precond(U, blocks)
-        return W, x[:, -self.outputs :] - W @ self.mean
+        return W, x[:, -self.outputs :] * self.precond.intercept - W @ self.mean
+
+    def point(self, coef: torch.Tensor, intercept: torch.Tensor,
+              blocks: torch.Tensor) -> torch.Tensor:
+        """The ``x`` whose ``weights`` are ``coef`` (b, outputs, d) and ``intercept``."""
+        x = torch.empty(len(coef), self.size)
+        x[:, : -self.outputs] = self.precond.inverse(coef, blocks).reshape(len(coef), -1)
+        x[:, -self.outputs :] = (intercept + coef @ self.mean) / self.precond.intercept
+        return x
 
     def __call__(self, x: torch.Tensor, blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Objective values (float64) and gradients of the blocks ``blocks`` at ``x``."""
         b, k = len(x), self.outputs
         W, intercept = self.weights(x, blocks)
-        scores = torch.addmm(intercept.reshape(1, b * k), self.X, W.reshape(b * k, self.d).T)
-        value, grad_scores = self.loss(scores.view(self.n, b, k), self.target)
+        scores = torch.addmm(intercept.reshape(b * k, 1), W.reshape(b * k, self.d), self.X.T)
+        value, grad_scores = self.loss(scores.view(b, k, self.n), self.target)
         del scores
         grad_scores /= self.n
-        grad_b = grad_scores.sum(dim=0)
-        grad_W = (grad_scores.view(self.n, b * k).T @ self.X).view(b, k, self.d)
+        grad_b = grad_scores.sum(dim=2)
+        grad_W = (grad_scores.view(b * k, self.n) @ self.X).view(b, k, self.d)
         del grad_scores
         lams = self.lams[blocks]
         grad_W -= grad_b[:, :, None] * self.mean
         grad_W += lams.float()[:, None, None] * W
         grad = torch.empty(b, self.size)
         grad[:, : -k] = self.precond(grad_W, blocks).reshape(b, -1)
-        grad[:, -k:] = grad_b
+        grad[:, -k:] = grad_b * self.precond.intercept
         value = value / self.n + 0.5 * lams * W.square().sum(dim=(1, 2), dtype=torch.float64)
         return value, grad
 
 
-def _lbfgs(objective: _Objective, blocks: int, tol: float, max_iter: int) -> tuple[
+def _lbfgs(objective: _Objective, x0: torch.Tensor, tol: float, max_iter: int) -> tuple[
         torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
     """Minimise every block at once, each with its own history, step and stopping test.
 
-    Returns the solutions, iterations, relative gradients (max |g| over its starting value)
-    and why each block stopped: ``tolerance``, ``max_iter`` or ``no progress`` (no step along
-    the search direction lowered the objective, e.g. at the limit of float32 precision).
+    Each block starts at its row of ``x0`` where the objective is lower there than at zero,
+    else at zero; the stopping test compares with max |g| at zero either way. Returns the
+    solutions, iterations, relative gradients (max |g| over its value at zero) and why each
+    block stopped: ``tolerance``, ``max_iter`` or ``no progress`` (no step along the search
+    direction lowered the objective, e.g. at the limit of float32 precision).
     """
+    blocks = len(x0)
     every = torch.arange(blocks)
-    x = torch.zeros(blocks, objective.size)
+    x = torch.zeros_like(x0)
     f, g = objective(x, every)
     start = g.abs().amax(dim=1).clamp_min(torch.finfo(torch.float32).tiny)
+    if x0.any():
+        f0, g0 = objective(x0, every)
+        lower = f0 < f
+        x[lower], f[lower], g[lower] = x0[lower], f0[lower], g0[lower]
     n_iter = torch.zeros(blocks, dtype=torch.long)
     stop = ["max_iter"] * blocks
     S = torch.zeros(HISTORY, blocks, objective.size)
@@ -256,6 +300,36 @@ def _lbfgs(objective: _Objective, blocks: int, tol: float, max_iter: int) -> tup
     return x, n_iter, g.abs().amax(dim=1) / start, stop
 
 
+def _stacked(X: torch.Tensor, target: torch.Tensor, outputs: int, Cs: Sequence[float],
+             starts: Sequence[tuple[np.ndarray, np.ndarray]] | None, spectrum: _Spectrum,
+             loss: SquaredHinge | CrossEntropy, tol: float, max_iter: int) -> list[Solution]:
+    """Every C in ``Cs`` solved from ``starts`` (default zero), as many at once as fit in
+    ``STACK_FLOATS``."""
+    group = max(1, STACK_FLOATS // (len(X) * outputs))
+    solutions: list[Solution] = []
+    for lo in range(0, len(Cs), group):
+        chunk = list(Cs[lo : lo + group])
+        objective = _Objective(X, target, outputs, chunk, loss, spectrum)
+        every = torch.arange(len(chunk))
+        x0 = torch.zeros(len(chunk), objective.size)
+        if starts is not None:
+            coefs, intercepts = zip(*starts[lo : lo + group], strict=True)
+            x0 = objective.point(torch.from_numpy(np.stack(coefs)),
+                                 torch.from_numpy(np.stack(intercepts)), every)
+        x, n_iter, relative, stop = _lbfgs(objective, x0, tol, max_iter)
+        W, intercept = objective.weights(x, every)
+        for i in range(len(chunk)):
+            solutions.append(Solution(W[i].numpy(), intercept[i].numpy(), int(n_iter[i]),
+                                      stop[i] == "tolerance", float(relative[i]), stop[i]))
+    return solutions
+
+
+def _between(solutions: Sequence[Solution]) -> tuple[np.ndarray, np.ndarray]:
+    """The mean of the neighbours' weights: a start for the C between them."""
+    return (np.mean([s.coef for s in solutions], axis=0),
+            np.mean([s.intercept for s in solutions], axis=0))
+
+
 def solve(
     X: np.ndarray,
     codes: np.ndarray,
@@ -265,24 +339,37 @@ def solve(
     loss: SquaredHinge | CrossEntropy,
     tol: float,
     max_iter: int,
+    init: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> list[Solution]:
-    """Minimise ``0.5 ||W||^2 + C sum loss(X W^T + b)`` for every C in ``Cs`` in one pass."""
+    """Minimise ``0.5 ||W||^2 + C sum loss(X W^T + b)`` for every C in ``Cs``, stacked.
+
+    ``init``: a (coef, intercept) per C to start from, where its objective is lower than at
+    zero. Without it, every other C in rising order (the first, third, ...) starts at zero,
+    then the others start from the mean of their two neighbours' solutions (the largest,
+    where the grid's length is even, from its one neighbour's).
+    """
     outputs = 1 if n_classes == 2 else n_classes
-    per_block = len(X) * outputs
-    group = max(1, STACK_FLOATS // per_block)
     # threads only slow down products this small (and stall where the cores are busy)
     threads = 1 if X.size * outputs * len(Cs) < SMALL_PROBLEM else torch.get_num_threads()
-    solutions: list[Solution] = []
-    for lo in range(0, len(Cs), group):
-        chunk = list(Cs[lo : lo + group])
-        with torch_threads(threads):
-            objective = _Objective(X, codes, outputs, chunk, loss)
-            x, n_iter, relative, stop = _lbfgs(objective, len(chunk), tol, max_iter)
-            W, intercept = objective.weights(x, torch.arange(len(chunk)))
-        for i in range(len(chunk)):
-            solutions.append(Solution(W[i].numpy(), intercept[i].numpy(), int(n_iter[i]),
-                                      stop[i] == "tolerance", float(relative[i]), stop[i]))
-    return solutions
+    with torch_threads(threads):
+        X_t = torch.from_numpy(X)
+        spectrum = _Spectrum.of(X_t)
+        target = loss.target(torch.from_numpy(codes), outputs)
+
+        def stacked(indices: Sequence[int], starts: Sequence[tuple] | None) -> list[Solution]:
+            return _stacked(X_t, target, outputs, [Cs[i] for i in indices], starts, spectrum,
+                            loss, tol, max_iter)
+
+        if init is not None:
+            return stacked(range(len(Cs)), init)
+        order = sorted(range(len(Cs)), key=lambda i: Cs[i])
+        first = list(range(0, max(1, len(order) - 1), 2))
+        solved = dict(zip(first, stacked([order[p] for p in first], None), strict=True))
+        rest = [p for p in range(len(order)) if p not in solved]
+        starts = [_between([solved[q] for q in (max(q for q in first if q < p), p + 1)
+                            if q in solved]) for p in rest]
+        solved.update(zip(rest, stacked([order[p] for p in rest], starts), strict=True))
+    return [solved[order.index(i)] for i in range(len(Cs))]
 
 
 class _FullBatchLinear(LinearClassifierMixin, BaseEstimator):
@@ -336,15 +423,37 @@ class _FullBatchLinear(LinearClassifierMixin, BaseEstimator):
                 stacklevel=3,
             )
 
-    def _solve(self, X: np.ndarray, codes: np.ndarray, Cs: Sequence[float]) -> list[Solution]:
+    def _solve(self, X: np.ndarray, codes: np.ndarray, Cs: Sequence[float],
+               init: Sequence[tuple[np.ndarray, np.ndarray]] | None = None) -> list[Solution]:
         return solve(X, codes, len(self.classes_), [float(c) for c in Cs], loss=self._loss,
-                     tol=float(self.tol), max_iter=int(self.max_iter))
+                     tol=float(self.tol), max_iter=int(self.max_iter), init=init)
 
-    def fit(self, X: np.ndarray, y: np.ndarray) -> _FullBatchLinear:
-        """Fit on float32 features (other dtypes are converted once); returns ``self``."""
+    def fit(self, X: np.ndarray, y: np.ndarray, coef_init: np.ndarray | None = None,
+            intercept_init: np.ndarray | None = None) -> _FullBatchLinear:
+        """Fit on float32 features (other dtypes are converted once); returns ``self``.
+
+        ``coef_init`` and ``intercept_init`` (shaped as ``coef_`` and ``intercept_``, as in
+        ``SGDClassifier.fit``) start the solver there instead of at zero, where the objective
+        is lower there; the stopping test is the same (gradient relative to its value at zero),
+        so the fit ends at the same optimum, within ``tol``, in fewer iterations.
+        """
         X, codes = self._prepare(X, y)
-        self._adopt(self._solve(X, codes, [self.C])[0])
+        init = None
+        if coef_init is not None or intercept_init is not None:
+            init = [self._initial(X.shape[1], coef_init, intercept_init)]
+        self._adopt(self._solve(X, codes, [self.C], init)[0])
         return self
+
+    def _initial(self, d: int, coef: np.ndarray | None,
+                 intercept: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        outputs = 1 if len(self.classes_) == 2 else len(self.classes_)
+        coef = np.zeros((outputs, d), np.float32) if coef is None else np.asarray(coef, np.float32)
+        intercept = (np.zeros(outputs, np.float32) if intercept is None
+                     else np.asarray(intercept, np.float32))
+        if coef.shape != (outputs, d) or intercept.shape != (outputs,):
+            raise ValueError(f"coef_init {coef.shape} and intercept_init {intercept.shape} must "
+                             f"be shaped ({outputs}, {d}) and ({outputs},)")
+        return coef, intercept
 
     def fit_path(
         self, X: np.ndarray, y: np.ndarray, values: Sequence[float]

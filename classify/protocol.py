@@ -12,6 +12,7 @@ rows. None of them modifies the arrays it is given, unless told ``copy=False``.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -43,7 +44,9 @@ class Selection:
     ``method`` is how candidates were scored (``holdout 10%``, ``5-fold CV``); ``n_val`` the
     validation scores behind each candidate's mean (held-out rows, or every row once under
     k-fold); ``not_converged`` the candidates whose fit stopped before its tolerance in some
-    fold; ``edge`` a note where the best value stayed at the edge of the grid at its bound.
+    fold; ``edge`` a note where the best value stayed at the edge of the grid at its bound;
+    ``warm`` the chosen candidate's weights in the first fold (``coef_init`` and
+    ``intercept_init`` for a head whose ``fit`` takes them; else empty), a start for the refit.
     """
 
     params: dict[str, Any] = field(default_factory=dict)
@@ -54,6 +57,7 @@ class Selection:
     not_converged: list[dict[str, Any]] = field(default_factory=list)
     edge: str | None = None
     seconds: float = 0.0
+    warm: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def class_scores(model: BaseEstimator, X: np.ndarray) -> np.ndarray:
@@ -110,13 +114,21 @@ def _folds(transform: TransformerMixin, train: Block,
         yield _Fold(X, fit.flat_labels, Block(val_X, val.y, val.view_names))
 
 
-def _score(fold: _Fold, unit: _Unit) -> list[tuple[dict[str, Any], float, bool]]:
-    """(params, validation top-1, converged) of every fit of ``unit`` on ``fold``."""
+def _warm(model: BaseEstimator) -> dict[str, np.ndarray]:
+    """A fitted model's weights as ``fit``'s starting point, where its ``fit`` takes one."""
+    if "coef_init" not in inspect.signature(model.fit).parameters:
+        return {}
+    return {"coef_init": model.coef_, "intercept_init": model.intercept_}
+
+
+def _score(fold: _Fold, unit: _Unit) -> list[tuple[dict[str, Any], float, bool, dict]]:
+    """(params, validation top-1, converged, weights to warm-start from) of every fit of
+    ``unit`` on ``fold``."""
     head = clone(unit.head).set_params(**unit.fixed)
     fits = (head.fit_path(fold.X, fold.y, unit.path) if unit.path
             else iter([({}, head.fit(fold.X, fold.y))]))
     return [({**unit.fixed, **params}, _accuracy(model, fold.val),
-             bool(getattr(model, "converged_", True))) for params, model in fits]
+             bool(getattr(model, "converged_", True)), _warm(model)) for params, model in fits]
 
 
 def _key(params: Mapping[str, Any]) -> tuple:
@@ -202,6 +214,7 @@ def choose(
     plan = validation_plan(train.y, val_size, seed)
     axes = {name: sorted(values) for name, values in grid.items()}
     scores: dict[tuple, list[float]] = {}
+    warm: dict[tuple, dict[str, np.ndarray]] = {}
     unconverged: set[tuple] = set()
 
     def run(points: list[dict[str, Any]]) -> None:
@@ -209,8 +222,9 @@ def choose(
                                     _units(head, points))
         for per_fold in results:
             for per_unit in per_fold:
-                for params, score, converged in per_unit:
+                for params, score, converged, weights in per_unit:
                     scores.setdefault(_key(params), []).append(score)
+                    warm.setdefault(_key(params), weights)
                     if not converged:
                         unconverged.add(_key(params))
 
@@ -237,21 +251,24 @@ def choose(
         logger.warning("%d of %d candidate fits stopped before their tolerance: %s",
                        len(not_converged), len(candidates), not_converged)
     return Selection(candidates[best], candidates, val_scores, plan.method, plan.n_val,
-                     not_converged, edge, time.perf_counter() - start)
+                     not_converged, edge, time.perf_counter() - start,
+                     warm[_key(candidates[best])])
 
 
 def refit(
     head: BaseEstimator, transform: TransformerMixin, params: Mapping[str, Any], train: Block,
-    *, copy: bool = True,
+    *, copy: bool = True, warm: Mapping[str, np.ndarray] | None = None,
 ) -> Pipeline:
     """Transform and head fitted on all of ``train`` with ``params``, as one pipeline.
 
     ``copy=False`` transforms ``train``'s features in place (one float32 copy fewer); only
-    for a block the caller owns and drops afterwards.
+    for a block the caller owns and drops afterwards. ``warm`` (``Selection.warm``) goes to
+    the head's ``fit``: the sweep's weights in its fold's coordinates, which the refit's
+    transform, fitted on nine tenths the same rows, barely moves.
     """
     transform = clone(transform).fit(train.flat)
     X = transform.transform(train.flat) if copy else transform_in_place(transform, train.flat)
-    model = clone(head).set_params(**params).fit(X, train.flat_labels)
+    model = clone(head).set_params(**params).fit(X, train.flat_labels, **(warm or {}))
     return Pipeline([("transform", transform), ("head", model)])
 
 
@@ -265,7 +282,7 @@ def select_and_refit(
     selection = choose(head, transform, grid, train, seed=seed, val_size=val_size,
                        engine=engine) if grid else Selection()
     start = time.perf_counter()
-    model = refit(head, transform, selection.params, train, copy=copy)
+    model = refit(head, transform, selection.params, train, copy=copy, warm=selection.warm)
     fitted = model[-1]
     record = {
         "params": selection.params,

@@ -100,14 +100,51 @@ def test_stacked_sweep_matches_fitting_each_value_alone(head) -> None:
     assert selection.params == selection.grid[int(np.argmax(alone))]
 
 
-def test_fit_path_reaches_each_fits_optimum() -> None:
+@pytest.mark.parametrize("head", [LinearSVM(), SoftmaxRegression()], ids=["svm", "logreg"])
+def test_fit_path_reaches_each_fits_optimum(head) -> None:
+    """Half the path starts from its neighbours' solutions; each still meets its own test."""
     X, y = make_classification(800, 30, n_informative=10, n_classes=4, random_state=1)
     X = X.astype(np.float32)
-    for params, model in LinearSVM().fit_path(X, y, [0.01, 1.0]):
-        alone = LinearSVM(**params).fit(X, y)
-        assert model.converged_ and alone.converged_
+    path = list(clone(head).fit_path(X, y, [1.0, 0.01, 0.1, 1e-3, 10.0]))
+    assert [p["C"] for p, _ in path] == [1.0, 0.01, 0.1, 1e-3, 10.0]
+    for params, model in path:
+        alone = clone(head).set_params(**params).fit(X, y)
+        assert model.converged_ and alone.converged_ and model.relative_gradient_ <= 1e-3
         np.testing.assert_allclose(model.coef_, alone.coef_, atol=2e-3)
         assert np.mean(model.predict(X) == alone.predict(X)) >= 0.995
+
+
+@pytest.mark.parametrize("head", [LinearSVM(C=0.1), SoftmaxRegression(C=0.1)],
+                         ids=["svm", "logreg"])
+def test_a_warm_start_reaches_the_cold_fits_optimum(head) -> None:
+    X, y = make_classification(800, 30, n_informative=10, n_classes=4, random_state=1)
+    X = X.astype(np.float32)
+    cold = clone(head).fit(X, y)
+    near = clone(head).fit(X[:700], y[:700])
+    warm = clone(head).fit(X, y, coef_init=near.coef_, intercept_init=near.intercept_)
+    assert warm.converged_ and warm.relative_gradient_ <= 1e-3 and warm.n_iter_ < cold.n_iter_
+    np.testing.assert_allclose(warm.coef_, cold.coef_, atol=2e-3)
+    assert np.mean(warm.predict(X) == cold.predict(X)) >= 0.995
+    # a start worse than zero is dropped: the fit is the cold one
+    far = clone(head).fit(X, y, coef_init=100 * near.coef_, intercept_init=near.intercept_)
+    np.testing.assert_array_equal(far.coef_, cold.coef_)
+    with pytest.raises(ValueError, match="coef_init"):
+        clone(head).fit(X, y, coef_init=near.coef_[:, :5])
+
+
+def test_the_refit_starts_from_the_sweeps_solution() -> None:
+    X, y = make_classification(3000, 20, n_informative=6, n_classes=3, flip_y=0.1,
+                               random_state=0)
+    train = Block(X.astype(np.float32)[:, None], y, ["full"])
+    selection = choose(SoftmaxRegression(), Standardize(), {"C": C_GRID}, train)
+    assert selection.warm["coef_init"].shape == (3, 20)
+    warm = refit(SoftmaxRegression(), Standardize(), selection.params, train,
+                 warm=selection.warm)
+    cold = refit(SoftmaxRegression(), Standardize(), selection.params, train)
+    assert warm[-1].converged_ and warm[-1].n_iter_ < cold[-1].n_iter_
+    assert np.mean(warm.predict(X) == cold.predict(X)) >= 0.995
+    assert choose(MLPHead(hidden=(8,), max_epochs=2), Standardize(), {"epochs": (1, 2)},
+                  train).warm == {}
 
 
 class _Knob(ClassifierMixin, BaseEstimator):
