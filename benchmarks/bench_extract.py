@@ -7,8 +7,9 @@ it prints, measured in one run:
 
 - end to end: ``run_extraction`` with default settings (no BATCH: the probe chooses), files
   to a finished HDF5 cache, the ``pool`` layer; round 1 in a fresh data directory (so it
-  includes the batch probe, as a first run on a machine does), later rounds with the probe's
-  cached choice;
+  includes the batch probe and the runtime's export, as a first run on a machine does),
+  later rounds in a fresh data directory holding what the first left for later runs (the
+  probe's choice, ``probe.json``, and the export, ``exports/``), but no features;
 - the best pure forward: the same extractor, compiled by the same runtime, on ready float
   tensors (no decoding, no writing) at batch sizes 1-64, fastest pass of a second's worth
   (a pass is one batch per stream of the runtime, run at once: OpenVINO's two here);
@@ -52,6 +53,7 @@ CASES = {
     "cifar": (DATA / "cifar10-jpg/test", 112, 0.75),
 }
 NAIVE_TARGET = 1.5
+MACHINE_CACHES = ("probe.json", "exports")  # kept from one run to the next in a data dir
 BATCHES = (1, 2, 4, 8, 16, 32, 64)
 
 
@@ -112,18 +114,20 @@ def run_case(name: str, rounds: int, runtimes: list[str]) -> None:
     e2e: dict[str, list[float]] = {r: [] for r in runtimes}
     naive = []
     with tempfile.TemporaryDirectory() as tmp:
-        probe_file = Path(tmp) / "probe.json"
+        kept = Path(tmp) / "machine"  # what a data directory keeps for the next run
+        kept.mkdir()
         for r in range(rounds):
             for runtime in runtimes:
                 data_dir = Path(tmp) / f"round{r}-{runtime}"
-                data_dir.mkdir()
-                if probe_file.is_file():
-                    shutil.copy(probe_file, data_dir / "probe.json")
+                shutil.copytree(kept, data_dir)
                 rate, seconds, chosen = end_to_end(folder, res, data_dir, runtime)
-                if (data_dir / "probe.json").is_file():
-                    shutil.copy(data_dir / "probe.json", probe_file)
+                for name in MACHINE_CACHES:
+                    if (data_dir / name).is_dir():
+                        shutil.copytree(data_dir / name, kept / name, dirs_exist_ok=True)
+                    elif (data_dir / name).is_file():
+                        shutil.copy(data_dir / name, kept)
                 fresh = not any(e2e[runtime])
-                probe = "with the probe" if fresh else "probe cached"
+                probe = "first run: probe, export" if fresh else "probe and export cached"
                 print(
                     f"end to end, runtime {runtime} ({probe}): {rate:7.1f} img/s "
                     f"({seconds:.1f} s, {chosen}; {load()})",

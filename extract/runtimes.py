@@ -17,11 +17,14 @@ import importlib
 import importlib.util
 import io
 import logging
+import os
 import queue
+import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from types import MappingProxyType
 
 import torch
@@ -30,6 +33,7 @@ from torch import nn
 from .errors import EnvironmentFault, UsageError
 
 log = logging.getLogger(__name__)
+EXPORT_VERSION = 1  # of onnx_export: bump where a change alters the exported graph
 Forward = Callable[[torch.Tensor], Mapping[str, torch.Tensor]]
 
 
@@ -41,10 +45,13 @@ class Compiled:
     streams: int = 1
 
 
+Build = Callable[[], nn.Module]
+
+
 @dataclass(frozen=True)
 class Runtime:
     name: str
-    compile: Callable[[nn.Module, torch.Tensor], Compiled]
+    compile: Callable[[Build, torch.Tensor, Path | None], Compiled]
     devices: tuple[str, ...]
     extra: str | None  # the pip extra that installs it
     description: str
@@ -64,9 +71,9 @@ class Runtime:
         return None
 
 
-def _eager(module: nn.Module, example: torch.Tensor) -> Compiled:
+def _eager(build: Build, example: torch.Tensor, cache: Path | None) -> Compiled:
     """PyTorch as it is, in channels-last layout (faster convolutions on CPU and GPU)."""
-    module = module.eval().to(memory_format=torch.channels_last)
+    module = build().eval().to(memory_format=torch.channels_last)
 
     def forward(x: torch.Tensor) -> Mapping[str, torch.Tensor]:
         return module(x.contiguous(memory_format=torch.channels_last))
@@ -97,20 +104,45 @@ def onnx_export(module: nn.Module, example: torch.Tensor) -> tuple[bytes, list[s
     return buffer.getvalue(), names
 
 
-def _openvino(module: nn.Module, example: torch.Tensor) -> Compiled:
+def _cached_export(core: object, build: Build, example: torch.Tensor,
+                   cache: Path | None) -> object:
+    """OpenVINO's model of the export kept at ``cache``, else of a fresh export (then kept)."""
+    if cache is not None and cache.is_file():
+        try:
+            return core.read_model(str(cache))
+        except RuntimeError as exc:  # unreadable: export again over it
+            log.warning("ignoring unreadable export %s (%s)", cache, exc)
+    data, _ = onnx_export(build(), example)
+    if cache is not None:
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=cache.parent, prefix=".export-", suffix=".onnx")
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, cache)  # whole or absent
+        except OSError as exc:  # a convenience: the run goes on without it
+            log.warning("could not keep the export at %s (%s)", cache, exc)
+    return core.read_model(io.BytesIO(data))
+
+
+def _openvino(build: Build, example: torch.Tensor, cache: Path | None) -> Compiled:
     """OpenVINO's throughput mode: one infer request per stream (one stream per core here).
 
     Each call takes an idle request and runs a whole batch on it, releasing the GIL, so as
     many threads as streams keep every core busy with no barrier between them: splitting
     each batch across the streams and waiting for both made every batch wait for its slower
     half and left the cores idle while the next batch was prepared.
+
+    ``cache``: where the ONNX export is kept (a file name that stands for everything the
+    export depends on); a later run reads it and builds no PyTorch model (0.3-0.4 s less).
     """
     import openvino as ov
 
-    data, names = onnx_export(module, example)
     core = ov.Core()
+    model = _cached_export(core, build, example, cache)
+    names = [output.get_any_name() for output in model.outputs]
     compiled = core.compile_model(
-        core.read_model(io.BytesIO(data)),
+        model,
         "CPU",
         {
             # float32 throughout: on CPUs with bf16 support OpenVINO would otherwise use bf16
@@ -190,9 +222,12 @@ def resolve_runtime(name: str, device: torch.device) -> str:
 
 
 def compile_forward(
-    name: str, module: nn.Module, example: torch.Tensor, device: torch.device
+    name: str, module: nn.Module | Build, example: torch.Tensor, device: torch.device,
+    cache: Path | None = None,
 ) -> Compiled:
-    """``module`` compiled by runtime ``name`` for ``device`` (``example``: one input batch)."""
+    """``module`` (or a function that builds it, called only where needed) compiled by runtime
+    ``name`` for ``device``; ``example``: one input batch; ``cache``: where a runtime that
+    exports the module may keep the export (its name must stand for the module's content)."""
     if name not in RUNTIMES:
         raise UsageError(f"unknown runtime {name!r}; valid: {', '.join(RUNTIMES)}")
     runtime = RUNTIMES[name]
@@ -204,4 +239,5 @@ def compile_forward(
     problem = runtime.problem()
     if problem is not None:
         raise EnvironmentFault(problem)
-    return runtime.compile(module, example)
+    build = (lambda: module) if isinstance(module, nn.Module) else module
+    return runtime.compile(build, example, cache)

@@ -8,22 +8,32 @@ only write the same shard again.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from .backbones import load_backbone, make_feature_extractor
+from .cache import slug
 from .config import FLATTEN_LIMIT
 from .errors import UsageError
 from .plan import ExtractPlan
 from .preprocess import Normalize
 from .probe import Probe, choose_batch_size
-from .runtimes import compile_forward, glue_threads, resolve_runtime, torch_threads
+from .runtimes import (
+    EXPORT_VERSION,
+    compile_forward,
+    glue_threads,
+    resolve_runtime,
+    torch_threads,
+)
 from .shards import ShardSpec, ShardStore
 
 log = logging.getLogger(__name__)
@@ -40,6 +50,27 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def export_file(plan: ExtractPlan, taps: dict[str, str]) -> Path:
+    """Where a runtime keeps its export of ``taps`` (``<data dir>/exports``), named by a
+    sha256 of everything the exported graph depends on: backbone, the weights' sha256, the
+    taps, resolution, normalisation, the pipeline's and the export's versions and the
+    packages' (torch, torchvision, timm, featcache...)."""
+    what = {
+        "backbone": plan.key.backbone,
+        "weights": plan.key.weights_sha256,
+        "taps": taps,
+        "resolution": plan.key.resolution,
+        "mean": list(plan.preprocess.mean),
+        "std": list(plan.preprocess.std),
+        "pipeline": plan.key.pipeline,
+        "export": EXPORT_VERSION,
+        "versions": plan.meta["versions"],
+    }
+    digest = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
+    name = f"{slug(plan.key.backbone)}-r{plan.key.resolution}-{digest[:16]}.onnx"
+    return plan.cfg.data_dir / "exports" / name
+
+
 def default_decoders(device: torch.device) -> int:
     """Decoding threads: most cores beside a GPU; one beside the CPU's own forward pass."""
     cores = os.cpu_count() or 1
@@ -53,16 +84,20 @@ class ShardWorker:
                  batch_size: int | None = None, decoders: int | None = None) -> None:
         self.plan, self.store = plan, store
         self.device = resolve_device(device)
-        model, spec = load_backbone(plan.key.backbone)
         taps = {name: plan.taps[name] for name in store.layers}
         pre = plan.preprocess
-        module = torch.nn.Sequential(
-            Normalize(pre.mean, pre.std), make_feature_extractor(model, spec, taps)
-        ).to(self.device)
+
+        def build() -> torch.nn.Module:
+            model, spec = load_backbone(plan.key.backbone)
+            return torch.nn.Sequential(
+                Normalize(pre.mean, pre.std), make_feature_extractor(model, spec, taps)
+            ).to(self.device)
+
         self.runtime = resolve_runtime(plan.cfg.runtime, self.device)
         size = plan.key.resolution
         example = torch.zeros(1, 3, size, size, dtype=torch.uint8, device=self.device)
-        compiled = compile_forward(self.runtime, module, example, self.device)
+        compiled = compile_forward(self.runtime, build, example, self.device,
+                                   export_file(plan, taps))
         self.extractor, self.streams = compiled.forward, compiled.streams
         self.makers = {name: plan.preprocess.views(n) for name, n in plan.views.items()}
         given = batch_size or plan.cfg.batch_size

@@ -114,3 +114,25 @@ def test_pipeline_with_openvino_stores_the_features_of_eager(image_folder, tmp_p
             feats[runtime] = {k: cache.features("test", k) for k in ("pool", "block5")}
     for k, want in feats["eager"].items():
         _within_float16(feats["openvino"][k].astype(np.float32), want.astype(np.float32))
+
+
+def test_openvino_keeps_its_export_and_builds_no_model_on_the_next_run(tmp_path, caplog):
+    pytest.importorskip("openvino")
+    built, taps = [], _taps(pretrained=False)
+
+    def build():
+        built.append(1)
+        return taps
+
+    x = torch.rand(3, 3, 32, 32)
+    kept = tmp_path / "exports" / "lite0.onnx"
+    first = compile_forward("openvino", build, x[:1], CPU, kept)
+    assert kept.is_file() and len(built) == 1
+    second = compile_forward("openvino", build, x[:1], CPU, kept)
+    assert len(built) == 1  # read from the file, no model built
+    a, b = first.forward(x), second.forward(x)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    kept.write_bytes(b"not an onnx file")
+    third = compile_forward("openvino", build, x[:1], CPU, kept)
+    assert len(built) == 2 and "ignoring unreadable export" in caplog.text
+    assert all(torch.equal(a[k], third.forward(x)[k]) for k in a)
