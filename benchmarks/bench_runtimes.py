@@ -32,27 +32,22 @@ ROOT = Path(__file__).resolve().parents[1]
 Forward = Callable[[torch.Tensor], dict[str, np.ndarray]]
 
 
-def build_eager(net: torch.nn.Module, x: torch.Tensor) -> Forward:
-    net = net.to(memory_format=torch.channels_last)
-
+def _as_numpy(forward: Callable[[torch.Tensor], dict[str, torch.Tensor]]) -> Forward:
     def run(t: torch.Tensor) -> dict[str, np.ndarray]:
         with torch.inference_mode():
-            out = net(t.contiguous(memory_format=torch.channels_last))
-        return {k: v.numpy() for k, v in out.items()}
+            return {k: v.numpy() for k, v in forward(t).items()}
 
     return run
+
+
+def build_eager(net: torch.nn.Module, x: torch.Tensor) -> Forward:
+    """The tool's own eager runtime (channels-last; extract/runtimes.py)."""
+    return _as_numpy(compile_forward("eager", net, x, torch.device("cpu")).forward)
 
 
 def build_compile(net: torch.nn.Module, x: torch.Tensor) -> Forward:
-    net = net.to(memory_format=torch.channels_last)
-    compiled = torch.compile(net, backend="inductor")
-
-    def run(t: torch.Tensor) -> dict[str, np.ndarray]:
-        with torch.inference_mode():
-            out = compiled(t.contiguous(memory_format=torch.channels_last))
-        return {k: v.numpy() for k, v in out.items()}
-
-    return run
+    compiled = torch.compile(net.to(memory_format=torch.channels_last), backend="inductor")
+    return _as_numpy(lambda t: compiled(t.contiguous(memory_format=torch.channels_last)))
 
 
 def build_onnxruntime(net: torch.nn.Module, x: torch.Tensor) -> Forward:
@@ -71,12 +66,7 @@ def build_onnxruntime(net: torch.nn.Module, x: torch.Tensor) -> Forward:
 
 def build_openvino(net: torch.nn.Module, x: torch.Tensor) -> Forward:
     """The tool's own runtime (extract/runtimes.py)."""
-    forward = compile_forward("openvino", net, x, torch.device("cpu")).forward
-
-    def run(t: torch.Tensor) -> dict[str, np.ndarray]:
-        return {k: v.numpy() for k, v in forward(t).items()}
-
-    return run
+    return _as_numpy(compile_forward("openvino", net, x, torch.device("cpu")).forward)
 
 
 BUILDERS: dict[str, Callable[[torch.nn.Module, torch.Tensor], Forward]] = {
