@@ -2,8 +2,10 @@
 
 ``compile(module, example) -> Compiled`` takes the module of
 :func:`extract.backbones.make_feature_extractor` and an example input batch, and returns a
-forward callable with the module's contract, float [B, 3, H, W] -> {alias: tensor}, and how
-many calls of it may run at once from different threads (OpenVINO's streams; eager: one).
+forward callable with the module's contract, an input batch [B, 3, H, W] (the example's
+dtype: uint8 where the module starts with :class:`extract.preprocess.Normalize`) ->
+{alias: tensor}, and how many calls of it may run at once from different threads
+(OpenVINO's streams; eager: one).
 
 OpenVINO runs EfficientNet-Lite0 on the 2-core development CPU 2-3x faster than eager
 PyTorch (docs/extract.md, "Runtimes"); its features differ from eager PyTorch's by at most
