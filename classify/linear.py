@@ -45,6 +45,11 @@ ARMIJO = 1e-4
 MAX_BACKTRACKS = 20
 
 
+def _plus_minus(codes: torch.Tensor) -> torch.Tensor:
+    """Two classes' codes 0 / 1 as the single output's targets -1 / +1, shaped (1, 1, rows)."""
+    return (2.0 * codes - 1.0).view(1, 1, -1)
+
+
 class SquaredHinge:
     """One-vs-rest squared hinge; one output (+1 / -1) for two classes."""
 
@@ -53,7 +58,7 @@ class SquaredHinge:
     @staticmethod
     def target(codes: torch.Tensor, outputs: int) -> torch.Tensor:
         if outputs == 1:
-            return (2.0 * codes - 1.0).view(1, 1, -1)
+            return _plus_minus(codes)
         signs = torch.full((1, outputs, len(codes)), -1.0)
         signs[0, codes, torch.arange(len(codes))] = 1.0
         return signs
@@ -75,7 +80,7 @@ class CrossEntropy:
     @staticmethod
     def target(codes: torch.Tensor, outputs: int) -> torch.Tensor:
         if outputs == 1:
-            return (2.0 * codes - 1.0).view(1, 1, -1)
+            return _plus_minus(codes)
         return codes.view(1, 1, -1)
 
     @staticmethod
