@@ -29,10 +29,10 @@ log = logging.getLogger(__name__)
 class FileImages:
     """Picklable loader by index: the file's path (decoded later, so JPEGs can decode reduced)."""
 
-    def __init__(self, paths: list[Path]) -> None:
+    def __init__(self, paths: list[str]) -> None:
         self.paths = paths
 
-    def __call__(self, i: int) -> Path:
+    def __call__(self, i: int) -> str:
         return self.paths[i]
 
 

@@ -41,7 +41,7 @@ class FileList:
     """
 
     ids: list[str]
-    paths: list[Path]
+    paths: list[str]
     labels: list[str]
     splits: list[str] | None
     layout: str
@@ -63,16 +63,21 @@ def _loose_images(folder: Path) -> list[str]:
     return sorted(e.name for e in os.scandir(folder) if e.is_file() and _is_image(e.name))
 
 
-def _walk_images(folder: Path) -> list[Path]:
+def _walk_images(root: str, folder: str) -> list[str]:
+    """Images under ``root/folder``, as ``/``-joined paths relative to ``root``, sorted per
+    folder. Strings, not ``pathlib``: building a ``Path`` per file took most of a 0.3 s scan
+    of 10,000 files."""
     out = []
-    for root, dirs, files in os.walk(folder):
+    for here, dirs, files in os.walk(os.path.join(root, folder)):
         dirs[:] = sorted(d for d in dirs if _visible(d))
-        out += [Path(root) / f for f in sorted(files) if _is_image(f)]
+        rel = os.path.relpath(here, root).replace(os.sep, "/")
+        out += [f"{rel}/{f}" for f in sorted(files) if _is_image(f)]
     return out
 
 
-def _class_folders(folder: Path, root: Path) -> dict[str, list[Path]]:
-    """``{class: images}`` under ``folder``; loose images beside class folders are an error."""
+def _class_folders(folder: Path, root: Path) -> dict[str, list[str]]:
+    """``{class: image ids}`` under ``folder``; loose images beside class folders are an
+    error."""
     classes = _subdirs(folder)
     loose = _loose_images(folder)
     if loose:
@@ -82,7 +87,8 @@ def _class_folders(folder: Path, root: Path) -> dict[str, list[Path]]:
             f"class folder (found class folders: {', '.join(classes) or 'none'}); move them "
             "into <class>/ folders or list them in a CSV manifest (path,label[,split])"
         )
-    return {c: _walk_images(folder / c) for c in classes}
+    return {c: _walk_images(str(root), os.path.join(os.path.relpath(folder, root), c))
+            for c in classes}
 
 
 def scan_folder(root: Path) -> FileList:
@@ -117,13 +123,13 @@ def scan_folder(root: Path) -> FileList:
             f"no images ({', '.join(IMAGE_EXTENSIONS)}) in class folder(s) {', '.join(empty)} "
             f"under {root}; add images or remove the folder(s)"
         )
-    paths = [p for cls in groups.values() for files in cls.values() for p in files]
+    ids = [i for cls in groups.values() for files in cls.values() for i in files]
     labels = [c for cls in groups.values() for c, files in cls.items() for _ in files]
     splits = [s for s, cls in groups.items() for files in cls.values() for _ in files]
     layout = f"{'/, '.join(split_dirs)}/ folders" if split_dirs else "class folders"
     return FileList(
-        [p.relative_to(root).as_posix() for p in paths],
-        paths,
+        ids,
+        [os.path.join(root, i) for i in ids],
         labels,
         splits if split_dirs else None,
         layout,
@@ -164,8 +170,8 @@ def read_manifest(manifest: Path) -> FileList:
     if not ids:
         raise UsageError(f"{manifest} lists no images")
     _check_unique(manifest, ids)
-    paths = [manifest.parent / p for p in ids]
-    missing = [i for i, p in zip(ids, paths, strict=True) if not p.is_file()]
+    paths = [os.path.join(manifest.parent, p) for p in ids]
+    missing = [i for i, p in zip(ids, paths, strict=True) if not os.path.isfile(p)]
     if missing:
         raise UsageError(
             f"{len(missing)} file(s) listed in {manifest} do not exist (relative to "
@@ -185,7 +191,7 @@ def _check_unique(manifest: Path, ids: Sequence[str]) -> None:
 
 
 def fingerprint(
-    ids: Sequence[str], paths: Sequence[Path], mode: str, header: bytes = b""
+    ids: Sequence[str], paths: Sequence[str], mode: str, header: bytes = b""
 ) -> str:
     """sha256 over every file: ``stat`` = path + size + mtime_ns; ``content`` = its bytes."""
     if mode not in FINGERPRINT_MODES:
@@ -195,14 +201,14 @@ def fingerprint(
     h = hashlib.sha256(f"mode={mode}\n".encode() + header)
     for i, p in sorted(zip(ids, paths, strict=True)):
         if mode == "stat":
-            st = p.stat()
+            st = os.stat(p)
             h.update(f"{i}|{st.st_size}|{st.st_mtime_ns}\n".encode())
         else:
             h.update(f"{i}|{_file_sha256(p)}\n".encode())
     return h.hexdigest()
 
 
-def _file_sha256(path: Path) -> str:
+def _file_sha256(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):

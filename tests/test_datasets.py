@@ -1,6 +1,7 @@
 """Datasets: bundled digits, folder layouts, CSV manifests, fingerprints and clear errors."""
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -131,7 +132,7 @@ def test_csv_manifest_is_a_dataset(tmp_path):
     assert ds.name == "labels" and ds.source == str(manifest.resolve())
     assert ds.class_names == ["2", "10"] and list(ds.splits) == ["train", "val", "test"]
     assert ds.splits["test"].ids == ["../imgs/2.bmp"] and ds.splits["test"].labels.tolist() == [1]
-    assert ds.splits["train"].load(0) == (manifest.parent / "../imgs/0.bmp")
+    assert Path(ds.splits["train"].load(0)) == manifest.parent / "../imgs/0.bmp"
     plain = tmp_path / "plain.csv"
     plain.write_text("path,label\n" + "".join(f"imgs/{i}.bmp,{'ab'[i % 2]}\n" for i in range(4)))
     assert open_dataset(str(plain), test_fraction=0.5).split_rule == "stratified test=0.5 seed=0"
