@@ -1,6 +1,6 @@
 """Stage one against the machine's limit and against the loop a user would write instead.
 
-    python benchmarks/bench_extract.py [--cases ucmerced,cifar] [--rounds 2]
+    python benchmarks/bench_extract.py [--cases ucmerced,cifar] [--rounds 3]
 
 For each case (UC Merced, 2,100 JPEGs at 224 px; the 10,000 CIFAR-10 test JPEGs at 112 px)
 it prints, measured in one run:
@@ -12,11 +12,14 @@ it prints, measured in one run:
   probe's choice, ``probe.json``, and the export, ``exports/``), but no features;
 - the best pure forward: the same extractor, compiled by the same runtime, on ready float
   tensors (no decoding, no writing) at batch sizes 1-64, fastest pass of a second's worth
-  (a pass is one batch per stream of the runtime, run at once: OpenVINO's two here);
+  (a pass is one batch per stream of the runtime, run at once: OpenVINO's two here),
+  measured right after each end-to-end run, since this machine's speed drifts by several
+  per cent within minutes: each round's ratio compares figures taken seconds apart;
 - the naive loop: open, resize, forward one image, append, save (the reference
   ``efficientnet-lite-pytorch`` model, eager, batch 1), timed from listing the files to
   the saved array, like the tool (imports excluded from both);
-- the ratios, against the targets of issue 14.
+- the ratios, against the targets of issue 14: each round's, and the median of the rounds
+  after the first (the first includes the probe and the export, as on a new machine).
 
 End to end and the naive loop alternate within each round, since other processes may share
 the cores; the load average is printed with each figure.
@@ -29,6 +32,7 @@ import os
 import platform
 import resource
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -111,6 +115,7 @@ def run_case(name: str, rounds: int, runtimes: list[str]) -> None:
         print(f"{name}: skipped, {folder} not found")
         return
     print(f"\n== {name}: {folder} @ {res}px, layer pool", flush=True)
+    ratios: dict[str, list[float]] = {r: [] for r in runtimes}  # end to end / best forward
     e2e: dict[str, list[float]] = {r: [] for r in runtimes}
     naive = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -126,31 +131,37 @@ def run_case(name: str, rounds: int, runtimes: list[str]) -> None:
                         shutil.copytree(data_dir / name, kept / name, dirs_exist_ok=True)
                     elif (data_dir / name).is_file():
                         shutil.copy(data_dir / name, kept)
-                fresh = not any(e2e[runtime])
-                probe = "first run: probe, export" if fresh else "probe and export cached"
+                probe = "first run: probe, export" if r == 0 else "probe and export cached"
                 print(
-                    f"end to end, runtime {runtime} ({probe}): {rate:7.1f} img/s "
+                    f"round {r + 1}, end to end, runtime {runtime} ({probe}): {rate:7.1f} img/s "
                     f"({seconds:.1f} s, {chosen}; {load()})",
                     flush=True,
                 )
                 shutil.rmtree(data_dir)
+                rates = best_forward(res, runtime)
+                top = max(rates, key=rates.get)
+                print(
+                    f"round {r + 1}, pure forward, runtime {runtime}, img/s: "
+                    + ", ".join(f"b{b} {v:.0f}" for b, v in rates.items())
+                    + f"; best b{top}; end to end / best forward = {rate / rates[top]:.2f} "
+                    f"({load()})",
+                    flush=True,
+                )
                 e2e[runtime].append(rate)
+                ratios[runtime].append(rate / rates[top])
             rate, seconds = naive_loop(folder, res, Path(tmp) / "naive.npy")
-            print(f"naive loop: {rate:7.1f} img/s ({seconds:.1f} s; {load()})", flush=True)
+            print(f"round {r + 1}, naive loop: {rate:7.1f} img/s ({seconds:.1f} s; {load()})",
+                  flush=True)
             naive.append(rate)
-    for runtime, values in e2e.items():
-        rates = best_forward(res, runtime)
-        top = max(rates, key=rates.get)
+    for runtime in runtimes:
+        later = slice(1, None) if rounds > 1 else slice(None)
         print(
-            f"pure forward, runtime {runtime}, img/s: "
-            + ", ".join(f"b{b} {r:.0f}" for b, r in rates.items())
-            + f"; best b{top} ({load()})"
-        )
-        best = max(values)
-        print(
-            f"ratios (best round), runtime {runtime}: end to end / best forward = "
-            f"{best / rates[top]:.2f} (target >= {target}), end to end / naive loop = "
-            f"{best / max(naive):.2f} (target >= {NAIVE_TARGET})",
+            f"ratios, runtime {runtime}, rounds with probe and export cached: end to end / best "
+            f"forward = {' '.join(f'{v:.2f}' for v in ratios[runtime][later])}, median "
+            f"{statistics.median(ratios[runtime][later]):.2f} (target >= {target}; first run "
+            f"{ratios[runtime][0]:.2f}); end to end / naive loop = "
+            f"{statistics.median(e2e[runtime][later]) / statistics.median(naive):.2f} "
+            f"(medians; target >= {NAIVE_TARGET})",
             flush=True,
         )
 
@@ -158,7 +169,7 @@ def run_case(name: str, rounds: int, runtimes: list[str]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated: ucmerced,cifar")
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
         "--runtimes", default="auto", help="comma-separated end-to-end runtimes [auto: the default]"
     )

@@ -13,7 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .backbones import get_spec, load_backbone, make_feature_extractor, resolve_layers
-from .cache import FeatureCache, assemble, missing_shards, writer_lock
+from .cache import Assembler, FeatureCache, assemble, missing_shards, writer_lock
 from .config import ExtractConfig
 from .errors import CacheError
 from .plan import ExtractPlan, plan_extraction
@@ -82,7 +82,7 @@ def run_extraction(cfg: ExtractConfig, *, progress: bool = True) -> ExtractResul
     if seen and not problem and set(cfg.layers) <= present:
         log.info("cache hit: %s", plan.path)
         return ExtractResult(plan.path, True, 0, time.perf_counter() - start)
-    with writer_lock(plan.path):
+    with writer_lock(plan.path), Assembler() as assembler:
         if _identity(plan.path) != seen:
             seen, present, problem = _inspect(plan.path)
         if problem:
@@ -104,7 +104,7 @@ def run_extraction(cfg: ExtractConfig, *, progress: bool = True) -> ExtractResul
         log.info("assembling %s from %d shards", plan.path.name, sum(len(p.shards)
                                                                      for p in plans.values()))
         assemble(plan.path, store, plans, plan.layer_attrs(list(store.layers)),
-                 {**plan.meta, "runtime": runtime})
+                 {**plan.meta, "runtime": runtime}, assembler)
     return ExtractResult(plan.path, False, images, time.perf_counter() - start,
                          len(missing), about[1] if about else None, cfg.engine)
 

@@ -137,10 +137,14 @@ def _openvino(build: Build, example: torch.Tensor, cache: Path | None) -> Compil
 
     ``cache``: where the ONNX export is kept (a file name that stands for everything the
     export depends on); a later run reads it and builds no PyTorch model (0.3-0.4 s less).
+    OpenVINO keeps its compiled models in ``openvino/`` beside it (``CACHE_DIR``: keyed by
+    its hash of the graph and weights; a damaged one is compiled again): 0.15 -> 0.07 s.
     """
     import openvino as ov
 
     core = ov.Core()
+    if cache is not None:
+        core.set_property({"CACHE_DIR": str(cache.parent / "openvino")})
     model = _cached_export(core, build, example, cache)
     names = [output.get_any_name() for output in model.outputs]
     compiled = core.compile_model(

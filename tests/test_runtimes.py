@@ -122,7 +122,7 @@ def test_pipeline_with_openvino_stores_the_features_of_eager(image_folder, tmp_p
         _within_float16(feats["openvino"][k].astype(np.float32), want.astype(np.float32))
 
 
-def test_openvino_keeps_its_export_and_builds_no_model_on_the_next_run(tmp_path, caplog):
+def test_openvino_keeps_its_export_and_compiled_model_for_the_next_run(tmp_path, caplog):
     _need_openvino()
     built, taps = [], _taps(pretrained=False)
 
@@ -138,6 +138,12 @@ def test_openvino_keeps_its_export_and_builds_no_model_on_the_next_run(tmp_path,
     assert len(built) == 1  # read from the file, no model built
     a, b = first.forward(x), second.forward(x)
     assert all(torch.equal(a[k], b[k]) for k in a)
+    blobs = list((tmp_path / "exports" / "openvino").glob("*.blob"))
+    assert len(blobs) == 1  # the compiled model, kept beside the export
+    blobs[0].chmod(0o600)
+    blobs[0].write_bytes(blobs[0].read_bytes()[:100_000])  # a damaged one is compiled again
+    assert all(torch.equal(a[k], compile_forward("openvino", build, x[:1], CPU, kept)
+                           .forward(x)[k]) for k in a)
     kept.write_bytes(b"not an onnx file")
     third = compile_forward("openvino", build, x[:1], CPU, kept)
     assert len(built) == 2 and "ignoring unreadable export" in caplog.text
