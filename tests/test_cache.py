@@ -8,6 +8,7 @@ import pytest
 
 from extract.cache import (
     FORMAT_VERSION,
+    Assembler,
     CacheError,
     CacheKey,
     FeatureCache,
@@ -191,6 +192,24 @@ def test_assembly_needs_every_shard_then_removes_them(tmp_path):
         np.testing.assert_array_equal(cache.ids("train"), data["ids"])
         cache.verify()
     assert not store.folder.exists()
+
+
+def test_an_assembler_started_ahead_writes_the_file_and_one_never_used_is_stopped(tmp_path):
+    data = _split(6)
+    store = _store(tmp_path)
+    specs = tuple(shard_specs("train", 6, 4))
+    for spec in specs:
+        _write(store, spec, data)
+    plans = {"train": SplitPlan(data["ids"], data["labels"], ("full",), specs)}
+    with Assembler() as ahead:
+        assemble(tmp_path / "c.h5", store, plans, {"pool": {"node": "x"}},
+                 {"class_names": ["a", "b"]}, ahead)
+    assert ahead._child.returncode == 0
+    with FeatureCache(tmp_path / "c.h5") as cache:
+        np.testing.assert_array_equal(cache.ids("train"), data["ids"])
+    with Assembler() as idle:
+        pass
+    assert idle._child.returncode is not None  # killed, not left waiting
 
 
 def test_new_layers_are_merged_into_a_finished_file(tmp_path):

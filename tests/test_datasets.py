@@ -120,6 +120,17 @@ def test_hidden_files_and_resource_forks_are_skipped(tmp_path):
     ]
 
 
+def test_images_in_subfolders_of_a_class_folder_belong_to_it(tmp_path):
+    root = _tree(tmp_path / "d", {"train/a": 1, "train/a/deep/er": 2, "train/b": 1,
+                                  "test/a": 1, "test/b": 1})
+    ds = open_dataset(str(root))
+    train = ds.splits["train"]
+    assert train.ids == ["train/a/00.bmp", "train/a/deep/er/00.bmp", "train/a/deep/er/01.bmp",
+                         "train/b/00.bmp"]
+    assert train.labels.tolist() == [0, 0, 0, 1]
+    assert all(Path(train.load(i)) == root / name for i, name in enumerate(train.ids))
+
+
 def test_csv_manifest_is_a_dataset(tmp_path):
     for i in range(4):
         _bmp(tmp_path / "imgs" / f"{i}.bmp", seed=i)
