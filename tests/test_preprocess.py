@@ -19,7 +19,13 @@ from timm.data import create_transform, resolve_data_config
 
 from extract.backbones import get_spec
 from extract.errors import UsageError
-from extract.preprocess import TEN_CROP_NAMES, Preprocess, normalize, resize_for
+from extract.preprocess import (
+    TEN_CROP_NAMES,
+    Preprocess,
+    crop_box,
+    normalize,
+    resize_for,
+)
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +84,71 @@ def test_other_resolutions_scale_the_resize_with_the_crop_ratio(photo):
     resnet = get_spec("resnet50")  # crop 224 of 232: the exact ratio, so 224 gives 232 back
     assert resnet.preprocess().resize_size == 232 == resize_for(224, resnet.crop_pct)
     assert resnet.preprocess(112).resize_size == 116
+
+
+def _resize_then_crop(pre, img):
+    """The reference: torchvision's resize of the whole image, then its centre crop."""
+    s = pre.crop_size
+    return np.asarray(torchvision.transforms.functional.center_crop(pre.resized(img), [s, s]))
+
+
+@pytest.mark.parametrize(
+    ("size", "pre", "shortcut"),
+    [
+        ((32, 32), (112, 128, "bicubic"), True),  # CIFAR-10 at 112 px: scale 1/4
+        ((28, 28), (224, 256, "bicubic"), True),  # MNIST: 7/64
+        ((256, 256), (224, 256, "bicubic"), True),  # UC Merced at 224 px: a plain crop
+        ((64, 48), (40, 48, "bilinear"), True),  # non-square, both sides kept: a crop
+        ((16, 24), (30, 32, "bilinear"), True),  # upscaled by 2, non-square
+        ((64, 64), (24, 32, "bilinear"), False),  # sides longer than the crop: Pillow picks
+        ((16, 96), (15, 32, "bilinear"), False),  # the order of its passes by them
+        ((247, 256), (224, 256, "bicubic"), False),  # 256/247
+        ((451, 300), (224, 256, "bicubic"), False),
+        ((256, 200), (224, 256, "bicubic"), False),  # one side at its size, one resized
+    ],
+)
+def test_centre_view_straight_from_the_crop_region_is_resize_then_crop(size, pre, shortcut):
+    rng = np.random.default_rng(sum(size))
+    img = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    pre = Preprocess(*pre, (0.5,) * 3, (0.5,) * 3, "test")
+    resample = torchvision.transforms.functional.pil_modes_mapping[
+        torchvision.transforms.InterpolationMode(pre.interpolation)]
+    assert (crop_box(size, pre.resized_size(*size), pre.crop_size, resample) is not None) \
+        == shortcut
+    assert np.array_equal(pre.views(1)(img)[0].permute(1, 2, 0).numpy(),
+                          _resize_then_crop(pre, img))
+
+
+def test_resize_rule_and_shortcut_agree_with_torchvision_over_many_sizes():
+    """Random sizes, resizes and filters: the same pixels whichever route is taken."""
+    rng = np.random.default_rng(7)
+    routes = set()
+    for i in range(200):
+        w, h = (int(v) for v in rng.choice([8, 16, 24, 28, 32, 48, 64, 96, 100, 128], 2))
+        crop = int(rng.integers(4, 40))
+        resize = crop + int(rng.choice([0, 4, 8, 16, 17]))
+        if i % 2:  # an upscale by 2 or 4 of a small image: where the shortcut may apply
+            w, h = (int(v) for v in rng.choice([4, 6, 8, 12, 16], 2))
+            resize = min(w, h) * int(rng.choice([2, 4]))
+            crop = int(rng.integers(max(w, h), resize + 1)) if max(w, h) <= resize else resize
+        pre = Preprocess(crop, resize, str(rng.choice(["bicubic", "bilinear", "lanczos"])),
+                         (0.5,) * 3, (0.5,) * 3, "test",
+                         resize_mode=str(rng.choice(["shorter_side", "squash"])))
+        img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        assert pre.resized(img).size == pre.resized_size(w, h)
+        assert np.array_equal(np.asarray(pre.centre(img)), _resize_then_crop(pre, img))
+        resample = torchvision.transforms.functional.pil_modes_mapping[
+            torchvision.transforms.InterpolationMode(pre.interpolation)]
+        routes.add(crop_box((w, h), pre.resized_size(w, h), crop, resample) is not None)
+    assert routes == {True, False}
+
+
+def test_views_are_channels_last_uint8():
+    img = Image.fromarray(np.zeros((40, 30, 3), np.uint8))
+    for n in (1, 5, 10):
+        views = Preprocess(16, 20, "bicubic", (0.5,) * 3, (0.5,) * 3, "test").views(n)(img)
+        assert views.shape == (n, 3, 16, 16) and views.dtype == torch.uint8
+        assert views.is_contiguous(memory_format=torch.channels_last)
 
 
 @pytest.mark.parametrize("n", [5, 10])
