@@ -115,7 +115,7 @@ def _run_local(plan: ExtractPlan, store: ShardStore, shards: list[ShardSpec],
         return 0, None
     worker = ShardWorker(plan, store, device=plan.cfg.device)
     try:
-        return sum(worker.compute(spec, on_rows) for spec in shards), worker.describe()
+        return worker.compute_all(shards, on_rows), worker.describe()
     finally:
         worker.close()
 

@@ -105,10 +105,9 @@ def choose_batch_size(
     normalise, extract, pool); ``streams`` calls of it run at once, as in the pipeline;
     ``config`` names what else changes its speed.
     """
-    key = probe_key(config)
-    table = _read(cache_file)
-    if key in table:
-        return Probe(int(table[key]["batch_size"]), "cached")
+    cached = cached_probe(config, cache_file)
+    if cached is not None:
+        return cached
     before = _cpu_seconds()
     probe = run_probe(forward, resolution=resolution, device=device, streams=streams,
                       budget_s=budget_s)
@@ -117,7 +116,8 @@ def choose_batch_size(
         log.info("probe: other processes held %.1f cores; choice not cached", busy)
         return replace(probe, source="probed under load, not cached")
     if cache_file is not None:
-        table[key] = {
+        table = _read(cache_file)
+        table[probe_key(config)] = {
             "batch_size": probe.batch_size,
             "rates": {str(b): round(r, 1) for b, r in probe.rates.items()},
             "seconds": round(probe.seconds, 2),
@@ -127,6 +127,12 @@ def choose_batch_size(
         }
         _write(cache_file, table)
     return probe
+
+
+def cached_probe(config: Mapping[str, object], cache_file: Path | None) -> Probe | None:
+    """The choice cached for this machine and ``config``, or None."""
+    entry = _read(cache_file).get(probe_key(config))
+    return Probe(int(entry["batch_size"]), "cached") if entry else None
 
 
 def run_probe(
@@ -161,8 +167,10 @@ def run_probe(
 
 def _rate(forward: Callable[[torch.Tensor], object], batch: int, res: int, device: torch.device,
           streams: int) -> float:
-    """img/s of ``forward`` on a random uint8 batch (see :func:`pass_rate`)."""
+    """img/s of ``forward`` on a random uint8 batch, channels last as the pipeline's batches
+    are (see :func:`pass_rate`)."""
     x = torch.randint(0, 256, (batch, 3, res, res), dtype=torch.uint8)
+    x = x.contiguous(memory_format=torch.channels_last)
     return pass_rate(forward, x, streams, device)
 
 

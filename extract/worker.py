@@ -13,8 +13,11 @@ import json
 import logging
 import os
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -25,19 +28,20 @@ from .cache import slug
 from .config import FLATTEN_LIMIT
 from .errors import UsageError
 from .plan import ExtractPlan
-from .preprocess import Normalize
-from .probe import Probe, choose_batch_size
+from .preprocess import MakeViews, Normalize
+from .probe import Probe, cached_probe, choose_batch_size
 from .runtimes import (
     EXPORT_VERSION,
-    compile_forward,
     glue_threads,
     resolve_runtime,
     torch_threads,
+    usable_runtime,
 )
 from .shards import ShardSpec, ShardStore
 
 log = logging.getLogger(__name__)
 PREFETCH_BATCHES = 4
+PREFETCH_BYTES = 64 * 2**20  # of decoded pixels at most, ahead of the forward pass
 
 
 def resolve_device(name: str) -> torch.device:
@@ -77,8 +81,23 @@ def default_decoders(device: torch.device) -> int:
     return min(8, max(1, cores - 1)) if device.type == "cuda" else 1
 
 
+@dataclass
+class _Part:
+    """One shard being computed: what its finished batches gave so far."""
+
+    spec: ShardSpec
+    rows: list[int] = field(default_factory=list)
+    skipped: list[int] = field(default_factory=list)
+    blocks: list[dict[str, np.ndarray]] = field(default_factory=list)
+
+
 class ShardWorker:
-    """Computes shards of ``plan`` into ``store`` with its model loaded once."""
+    """Computes shards of ``plan`` into ``store`` with its model loaded once.
+
+    Where the batch size is known before the model (given, or the probe's cached choice),
+    the model compiles on a thread of its own while the first batches decode: with a kept
+    export that is ~0.1 s of one core, which the other core spends decoding.
+    """
 
     def __init__(self, plan: ExtractPlan, store: ShardStore, *, device: str = "auto",
                  batch_size: int | None = None, decoders: int | None = None) -> None:
@@ -96,100 +115,142 @@ class ShardWorker:
         self.runtime = resolve_runtime(plan.cfg.runtime, self.device)
         size = plan.key.resolution
         example = torch.zeros(1, 3, size, size, dtype=torch.uint8, device=self.device)
-        compiled = compile_forward(self.runtime, build, example, self.device,
-                                   export_file(plan, taps))
-        self.extractor, self.streams = compiled.forward, compiled.streams
+        # torch's thread count is read here: the compile thread would see the glue's one
+        compile_ = partial(usable_runtime(self.runtime, self.device).compile, build, example,
+                           export_file(plan, taps), torch.get_num_threads())
         self.makers = {name: plan.preprocess.views(n) for name, n in plan.views.items()}
-        given = batch_size or plan.cfg.batch_size
-        self.probe = Probe(given) if given else self._probe(taps)
-        self.batch_size = self.probe.batch_size
         self.decoders = decoders or default_decoders(self.device)
         self.pool = ThreadPoolExecutor(self.decoders, thread_name_prefix="decode")
+        self.forwarders: ThreadPoolExecutor | None = None
+        self._compiler = ThreadPoolExecutor(1, thread_name_prefix="compile")
+        given = batch_size or plan.cfg.batch_size
+        config = {
+            "backbone": plan.key.backbone,
+            "taps": sorted(set(taps.values())),
+            "resolution": size,
+            "device": self.device.type,
+            "runtime": self.runtime,
+            "pool": plan.cfg.pool,
+        }
+        self._compiled: Future | None = self._compiler.submit(compile_)
+        with torch_threads(glue_threads(self.runtime)):  # the probe's key names the threads
+            known = Probe(given) if given else cached_probe(config, self._probe_file)
+            if known is None:
+                self._ready()
+                known = choose_batch_size(self._features, resolution=size, device=self.device,
+                                          config=config, streams=self.streams,
+                                          cache_file=self._probe_file)
+        self.probe = known
+        self.batch_size = known.batch_size
+
+    @property
+    def _probe_file(self) -> Path:
+        return self.plan.cfg.data_dir / "probe.json"
+
+    def _ready(self) -> None:
+        """Waits for the model; then its forward pass and streams are set."""
+        if self._compiled is None:
+            return
+        compiled = self._compiled.result()
+        self.extractor, self.streams = compiled.forward, compiled.streams
         # a runtime with several streams gets a thread each, and a batch queued behind them
         self.forwarders = ThreadPoolExecutor(self.streams, thread_name_prefix="forward") \
             if self.streams > 1 else None
+        self._compiled = None
 
     def describe(self) -> tuple[str, str]:
         """(runtime, what the summary line says: runtime, batch and the probe's rates)."""
         return self.runtime, f"{self.runtime}, {self.probe.describe()}"
 
-    def _probe(self, taps: dict[str, str]) -> Probe:
-        """No batch size given: the fastest on this machine and configuration (cached)."""
-        config = {
-            "backbone": self.plan.key.backbone,
-            "taps": sorted(set(taps.values())),
-            "resolution": self.plan.key.resolution,
-            "device": self.device.type,
-            "runtime": self.runtime,
-            "pool": self.plan.cfg.pool,
-        }
-        with torch_threads(glue_threads(self.runtime)):
-            return choose_batch_size(self._features, resolution=self.plan.key.resolution,
-                                     device=self.device, config=config, streams=self.streams,
-                                     cache_file=self.plan.cfg.data_dir / "probe.json")
-
     def close(self) -> None:
         self.pool.shutdown(cancel_futures=True)
+        self._compiler.shutdown()
         if self.forwarders is not None:
             self.forwarders.shutdown(cancel_futures=True)
 
     def compute(self, spec: ShardSpec, on_rows: Callable[[int], object] = lambda n: None) -> int:
         """Decode, forward, pool and store items ``[start, end)`` of ``spec.split``."""
-        with torch_threads(glue_threads(self.runtime)):
-            return self._compute(spec, on_rows)
+        return self.compute_all([spec], on_rows)
 
-    def _compute(self, spec: ShardSpec, on_rows: Callable[[int], object]) -> int:
-        split = self.plan.dataset.splits[spec.split]
-        rows, skipped, blocks = [], [], []
-        running: deque[tuple[int, Future]] = deque()  # forward passes in flight, in row order
+    def compute_all(self, specs: Sequence[ShardSpec],
+                    on_rows: Callable[[int], object] = lambda n: None) -> int:
+        """:meth:`compute` for each shard, with no pause between them: decoding and forward
+        passes run on across shard boundaries, each shard written as its last batch ends."""
+        with torch_threads(glue_threads(self.runtime)):
+            return self._compute(specs, on_rows)
+
+    def _compute(self, specs: Sequence[ShardSpec], on_rows: Callable[[int], object]) -> int:
+        batches = self._batches(specs)
+        first = next(batches, None)  # decoding has begun: the model may still be compiling
+        self._ready()
+        running: deque[tuple[_Part, int, Future | None, bool]] = deque()  # in row order
+        done = 0
 
         def finish_oldest() -> None:
-            count, future = running.popleft()
-            blocks.append(future.result())
+            nonlocal done
+            part, count, future, last = running.popleft()
+            if future is not None:
+                part.blocks.append(future.result())
             on_rows(count)
+            if last:
+                done += self._write(part)
 
-        for batch_rows, views, errors in self._batches(spec):
-            skipped += self._check_errors(split.ids, errors)
+        for part, rows, views, errors, last in chain([first], batches) if first else ():
+            part.skipped += self._check_errors(self.plan.dataset.splits[part.spec.split].ids,
+                                               errors)
             on_rows(len(errors))
-            if views is not None:
-                running.append((len(batch_rows), self._submit(views)))
-                rows += batch_rows
+            part.rows += rows
+            future = self._submit(views) if views is not None else None
+            running.append((part, len(rows), future, last))
             while len(running) > self.streams:
                 finish_oldest()
         while running:
             finish_oldest()
-        features = {
-            name: np.concatenate([b[name] for b in blocks]) for name in self.store.layers
-        } if blocks else {}
-        self.store.write(spec, rows=rows, ids=[split.ids[i] for i in rows],
-                         labels=split.labels[rows], features=features, skipped=skipped)
-        return len(rows)
+        return done
 
-    def _batches(self, spec: ShardSpec) -> Iterator[tuple[list[int], torch.Tensor | None, list]]:
-        """(rows, uint8 views [B, V, 3, S, S], errors) batches, decoded ahead in threads.
+    def _write(self, part: _Part) -> int:
+        split = self.plan.dataset.splits[part.spec.split]
+        features = {
+            name: np.concatenate([b[name] for b in part.blocks]) for name in self.store.layers
+        } if part.blocks else {}
+        self.store.write(part.spec, rows=part.rows, ids=[split.ids[i] for i in part.rows],
+                         labels=split.labels[part.rows], features=features,
+                         skipped=part.skipped)
+        return len(part.rows)
+
+    def _batches(self, specs: Sequence[ShardSpec]) -> Iterator[
+            tuple[_Part, list[int], torch.Tensor | None, list, bool]]:
+        """(shard, rows, uint8 views [B, V, 3, S, S] channels last, errors, whether it is the
+        shard's last batch), decoded ahead in threads, each image straight into its batch.
 
         A batch is one task: a task per image cost 0.12 ms of hand-over an image, more than
-        decoding a 32 px CIFAR JPEG and resizing it to 112 px (0.2 ms).
+        decoding a 32 px CIFAR JPEG and resizing it to 112 px (0.2 ms). Up to
+        ``PREFETCH_BYTES`` of pixels are decoded ahead, enough to cover a model compiling.
         """
-        load, make = self.plan.dataset.splits[spec.split].load, self.makers[spec.split]
-        starts = iter(range(spec.start, spec.end, self.batch_size))
-        window: deque[Future] = deque()
+        def tasks() -> Iterator[tuple[_Part, bool, Callable, MakeViews, range]]:
+            for spec in specs:
+                part, load = _Part(spec), self.plan.dataset.splits[spec.split].load
+                for lo in range(spec.start, spec.end, self.batch_size):
+                    hi = min(lo + self.batch_size, spec.end)
+                    yield part, hi == spec.end, load, self.makers[spec.split], range(lo, hi)
+
+        todo, window = tasks(), deque()
 
         def submit() -> None:
-            lo = next(starts, None)
-            if lo is not None:
-                rows = range(lo, min(lo + self.batch_size, spec.end))
-                window.append(self.pool.submit(_decode_batch, load, make, rows))
+            task = next(todo, None)
+            if task is not None:
+                window.append((*task[:2], self.pool.submit(_decode_batch, *task[2:])))
 
-        for _ in range(max(PREFETCH_BATCHES, 2 * self.decoders)):
+        most = max(make.shape[0] for make in self.makers.values())
+        size = self.plan.key.resolution
+        ahead = PREFETCH_BYTES // (self.batch_size * most * size * size * 3)
+        for _ in range(max(PREFETCH_BATCHES, 2 * self.decoders, ahead)):
             submit()
         while window:
-            future = window.popleft()
+            part, last, future = window.popleft()
             submit()
             rows, views, errors = future.result()
-            # stacked here: a torch op on a decoding thread would start a second OpenMP team
-            # beside eager PyTorch's, and the two teams' spinning threads fight for the cores
-            yield rows, (torch.stack(views) if views else None), errors
+            yield part, rows, views, errors, last
 
     def _check_errors(self, ids: list[str], errors: list[tuple[int, str]]) -> list[int]:
         for row, err in errors:
@@ -245,14 +306,19 @@ class ShardWorker:
         return flat
 
 
-def _decode_batch(load: Callable, make: Callable, rows: range) -> tuple[
-        list[int], list[torch.Tensor], list[tuple[int, str]]]:
-    """(rows decoded, their views, (row, error text) of the rest); never raises."""
-    good, views, errors = [], [], []
+def _decode_batch(load: Callable, make: MakeViews, rows: range) -> tuple[
+        list[int], torch.Tensor | None, list[tuple[int, str]]]:
+    """(rows decoded, their views [B, V, 3, S, S], (row, error text) of the rest); never
+    raises. Each image is written into the batch where it lands: no stacking copy after."""
+    batch = np.empty((len(rows), *make.shape), np.uint8)
+    good, errors = [], []
     for row in rows:
         try:
-            views.append(make(load(row)))
+            make.into(load(row), batch[len(good)])
             good.append(row)
         except Exception as exc:
             errors.append((row, f"{type(exc).__name__}: {exc}"))
+    # no torch op that computes here: one on a decoding thread would start a second OpenMP
+    # team beside eager PyTorch's, and the two teams' spinning threads fight for the cores
+    views = torch.from_numpy(batch[:len(good)]).permute(0, 1, 4, 2, 3) if good else None
     return good, views, errors

@@ -14,7 +14,10 @@ from extract.backbones import load_backbone, make_feature_extractor, resolve_lay
 from extract.cache import FeatureCache
 from extract.config import ExtractConfig
 from extract.errors import EnvironmentFault, UsageError
+from extract.plan import plan_extraction
 from extract.runtimes import RUNTIMES, compile_forward, resolve_runtime
+from extract.shards import ShardStore, shard_specs
+from extract.worker import ShardWorker
 
 CPU = torch.device("cpu")
 
@@ -96,6 +99,8 @@ def test_openvino_features_equal_eager_within_float16_rounding():
         parts = list(threads.map(compiled.forward, [x[:2], x[2:], x[:2]]))
     got = {k: torch.cat([parts[0][k], parts[1][k]]) for k in want}
     assert all(torch.equal(parts[0][k], parts[2][k]) for k in want)
+    last = compiled.forward(x[:2].contiguous(memory_format=torch.channels_last))  # the pipeline's
+    assert all(torch.equal(parts[0][k], last[k]) for k in want)
     for k in want:
         assert got[k].shape == want[k].shape and got[k].dtype == torch.float32
         _within_float16(got[k].numpy(), want[k].numpy())
@@ -148,3 +153,24 @@ def test_openvino_keeps_its_export_and_compiled_model_for_the_next_run(tmp_path,
     third = compile_forward("openvino", build, x[:1], CPU, kept)
     assert len(built) == 2 and "ignoring unreadable export" in caplog.text
     assert all(torch.equal(a[k], third.forward(x)[k]) for k in a)
+
+
+def test_a_worker_compiles_beside_decoding_with_torchs_threads(image_folder, tmp_path):
+    """The model compiles on a thread of its own while batches decode, with the process's
+    thread count (not the one thread of the glue around the runtime's forward pass)."""
+    _need_openvino()
+    cfg = ExtractConfig(dataset=str(image_folder(per_class=5)), data_dir=tmp_path,
+                        resolution=32, batch_size=3, runtime="openvino")
+    plan = plan_extraction(cfg)
+    store = ShardStore.open(plan.parts, plan.manifest(list(cfg.layers), cfg.shard_rows))
+    worker = ShardWorker(plan, store, device="cpu")
+    try:
+        specs = [spec for name, split in plan.dataset.splits.items()
+                 for spec in shard_specs(name, len(split.ids), 4)]
+        assert worker.compute_all(specs) == sum(len(s.ids) for s in plan.dataset.splits.values())
+        alone = compile_forward("openvino", _taps(pretrained=False), torch.zeros(1, 3, 32, 32),
+                                CPU)
+        assert worker.streams == alone.streams
+        assert all(store.done(spec) for spec in specs)
+    finally:
+        worker.close()
