@@ -1,11 +1,13 @@
 """Runtimes for the forward pass: a name maps to a function that compiles the taps module.
 
-``compile(module, example) -> Compiled`` takes the module of
-:func:`extract.backbones.make_feature_extractor` and an example input batch, and returns a
-forward callable with the module's contract, an input batch [B, 3, H, W] (the example's
-dtype: uint8 where the module starts with :class:`extract.preprocess.Normalize`) ->
-{alias: tensor}, and how many calls of it may run at once from different threads
-(OpenVINO's streams; eager: one).
+``compile(build, example, cache, threads) -> Compiled`` takes a function building the
+module of :func:`extract.backbones.make_feature_extractor`, an example input batch, where
+an export may be kept and how many threads a runtime with threads of its own may use, and
+returns a forward callable with the module's contract, an input batch [B, 3, H, W] (the
+example's dtype: uint8 where the module starts with
+:class:`extract.preprocess.Normalize`; channels last in memory is fastest, as the
+pipeline's batches are) -> {alias: tensor}, and how many calls of it may run at once from
+different threads (OpenVINO's streams; eager: one).
 
 OpenVINO runs EfficientNet-Lite0 on the 2-core development CPU 2-3x faster than eager
 PyTorch (docs/extract.md, "Runtimes"); its features differ from eager PyTorch's by at most

@@ -1,9 +1,9 @@
-"""One process's share of stage one: the model loaded once, shards computed one at a time.
+"""One process's share of stage one: the model loaded once, shards computed in turn.
 
-:meth:`ShardWorker.compute` is the one code path for features: the local engine calls it in
-a loop, each Ray actor calls it for the shards it is given. It is idempotent (a shard is
-written whole, atomically, under a name fixed by its rows), so a retry after a crash can
-only write the same shard again.
+:meth:`ShardWorker.compute_all` is the one code path for features: the local engine hands
+it every missing shard, each Ray actor calls it (as :meth:`~ShardWorker.compute`) for the
+shards it is given. It is idempotent (a shard is written whole, atomically, under a name
+fixed by its rows), so a retry after a crash can only write the same shard again.
 """
 
 from __future__ import annotations
@@ -152,6 +152,7 @@ class ShardWorker:
         if self._compiled is None:
             return
         compiled = self._compiled.result()
+        self._compiler.shutdown()
         self.extractor, self.streams = compiled.forward, compiled.streams
         # a runtime with several streams gets a thread each, and a batch queued behind them
         self.forwarders = ThreadPoolExecutor(self.streams, thread_name_prefix="forward") \
