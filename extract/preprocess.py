@@ -194,9 +194,9 @@ def crop_box(size: tuple[int, int], resized: tuple[int, int], crop: int,
     kept = [n == m for n, m in zip(size, resized, strict=True)]
     if kept[0] != kept[1]:
         return None
+    offsets = [round((m - crop) / 2.0) for m in resized]  # torchvision's: half to even
     box = []
-    for n, m in zip(size, resized, strict=True):
-        offset = round((m - crop) / 2.0)  # torchvision's centre_crop: half to even
+    for n, m, offset in zip(size, resized, offsets, strict=True):
         scale = Fraction(n, m)
         lo = offset * scale
         if (n > crop and n != m) or not all(
@@ -205,8 +205,7 @@ def crop_box(size: tuple[int, int], resized: tuple[int, int], crop: int,
         box += [lo, lo + crop * scale]
     region = float(box[0]), float(box[2]), float(box[1]), float(box[3])
     img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (*size[::-1], 3), np.uint8))
-    offset = [round((m - crop) / 2.0) for m in resized]
-    whole = img.resize(resized, resample).crop((*offset, offset[0] + crop, offset[1] + crop))
+    whole = img.resize(resized, resample).crop((*offsets, offsets[0] + crop, offsets[1] + crop))
     same = np.array_equal(np.asarray(whole), np.asarray(img.resize((crop, crop), resample,
                                                                    box=region)))
     return region if same else None
