@@ -95,22 +95,22 @@ demo: $(STAMP)  ## offline: extract the bundled digits with the embedded default
 	$(MAKE) --no-print-directory classify DATASET=digits MODEL=svm
 
 extract: $(STAMP)
-	$(BIN)/python -m extract run $(EXTRACT_ARGS)
+	$(BIN)/python -m featcache.extract run $(EXTRACT_ARGS)
 
 layers: $(STAMP)
-	$(BIN)/python -m extract layers --backbone $(BACKBONE) $(call opt,--res,$(RES))
+	$(BIN)/python -m featcache.extract layers --backbone $(BACKBONE) $(call opt,--res,$(RES))
 
 list: $(STAMP)
-	$(BIN)/python -m extract list
+	$(BIN)/python -m featcache.extract list
 
 classify: $(STAMP)
-	$(BIN)/python -m classify fit $(CLASSIFY_ARGS)
+	$(BIN)/python -m featcache.classify fit $(CLASSIFY_ARGS)
 
 results: $(STAMP)
-	$(BIN)/python -m classify results $(call opt,--data-dir,$(DATA_DIR)) $(if $(filter command line,$(origin DATASET)),--dataset $(call q,$(DATASET)))
+	$(BIN)/python -m featcache.classify results $(call opt,--data-dir,$(DATA_DIR)) $(if $(filter command line,$(origin DATASET)),--dataset $(call q,$(DATASET)))
 
 tsne: $(STAMP)
-	$(BIN)/python -m classify tsne $(SOURCE) --layer $(LAYER) $(call opt,--data-dir,$(DATA_DIR))
+	$(BIN)/python -m featcache.classify tsne $(SOURCE) --layer $(LAYER) $(call opt,--data-dir,$(DATA_DIR))
 
 reproduce: $(addprefix reproduce-,$(RECIPES))  ## every recipe, then docs/results.md
 	$(MAKE) --no-print-directory results-page

@@ -68,9 +68,11 @@ def main(pytest_args: list[str]) -> int:
         python = venv / "bin" / "python"
         site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()"
                                "['purelib'])"], check=True, capture_output=True, text=True)
-        # written before pip runs, so that pip counts torch & co. as installed
+        # written before pip runs, so that pip counts torch & co. as installed; addsitedir
+        # also runs that venv's .pth files, among them the editable install of featcache
+        project_site = sysconfig.get_paths()["purelib"]
         (Path(site.stdout.strip()) / "featcache-project-venv.pth").write_text(
-            sysconfig.get_paths()["purelib"] + "\n")
+            f"import site; site.addsitedir({project_site!r})\n")
         subprocess.run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
                         "--only-binary", ":all:", *pins], check=True)
         installed = time.perf_counter() - start

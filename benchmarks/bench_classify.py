@@ -21,12 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from classify.experiment import FitConfig, run_experiment
-from classify.features import Part, open_cache, read
-from classify.heads import build_head
-from classify.protocol import evaluate, refit
-from classify.transforms import Standardize
-from extract.cache import FeatureCache, find_caches, write_cache
+from featcache.classify.experiment import FitConfig, run_experiment
+from featcache.classify.features import Part, open_cache, read
+from featcache.classify.heads.registry import build_head
+from featcache.classify.protocol import evaluate, refit
+from featcache.classify.transforms import Standardize
+from featcache.extract.cache.hdf5 import FeatureCache, find_caches, write_cache
 
 FIXED = {"svm": {"C": 0.1}, "logreg": {"C": 0.1}, "mlp": {"weight_decay": 1e-4},
          "knn": {"n_neighbors": 10}}

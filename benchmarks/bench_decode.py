@@ -32,10 +32,15 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from extract.backbones import get_spec, load_backbone, make_feature_extractor, resolve_layers
-from extract.images import decode
-from extract.preprocess import MakeViews, normalize
-from extract.runtimes import RUNTIMES, compile_forward
+from featcache.extract.backbones.registry import (
+    get_spec,
+    load_backbone,
+    make_feature_extractor,
+    resolve_layers,
+)
+from featcache.extract.compute.runtimes import RUNTIMES, compile_forward
+from featcache.extract.data.images import decode
+from featcache.extract.data.preprocess import MakeViews, normalize
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -43,12 +43,16 @@ import numpy as np
 import torch
 from PIL import Image
 
-from extract.backbones import load_backbone, make_feature_extractor, resolve_layers
-from extract.config import ExtractConfig
-from extract.efficientnet_lite import lite_weights_file
-from extract.pipeline import run_extraction
-from extract.probe import pass_rate
-from extract.runtimes import compile_forward, resolve_runtime
+from featcache.extract.backbones.efficientnet_lite import lite_weights_file
+from featcache.extract.backbones.registry import (
+    load_backbone,
+    make_feature_extractor,
+    resolve_layers,
+)
+from featcache.extract.compute.probe import pass_rate
+from featcache.extract.compute.runtimes import compile_forward, resolve_runtime
+from featcache.extract.config import ExtractConfig
+from featcache.extract.pipeline import run_extraction
 
 DATA = Path(__file__).resolve().parents[2] / "shared/data"
 # name -> (folder, resolution, target of end to end / best forward)

@@ -20,9 +20,9 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from extract.cache import FeatureCache
-from extract.config import ExtractConfig
-from extract.pipeline import run_extraction
+from featcache.extract.cache.hdf5 import FeatureCache
+from featcache.extract.config import ExtractConfig
+from featcache.extract.pipeline import run_extraction
 
 ROOT = Path(__file__).resolve().parents[1]
 

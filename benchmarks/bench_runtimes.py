@@ -24,9 +24,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from extract.backbones import get_spec, load_backbone, make_feature_extractor, resolve_layers
-from extract.preprocess import normalize
-from extract.runtimes import compile_forward, onnx_export
+from featcache.extract.backbones.registry import (
+    get_spec,
+    load_backbone,
+    make_feature_extractor,
+    resolve_layers,
+)
+from featcache.extract.compute.runtimes import compile_forward, onnx_export
+from featcache.extract.data.preprocess import normalize
 
 ROOT = Path(__file__).resolve().parents[1]
 Forward = Callable[[torch.Tensor], dict[str, np.ndarray]]

@@ -2,19 +2,19 @@
 
 From Python (see the README's "Python API")::
 
-    from classify import load_features
+    from featcache.classify import load_features
     X, y, groups = load_features("digits", "train", layers="pool")
 """
 
-from classify.experiment import FitConfig, run_experiment
-from classify.heads import HEADS, HeadSpec, build_head
-from classify.knn import CosineKNN
-from classify.linear import LinearSVM, SoftmaxRegression
-from classify.load import find_cache, iter_features, load_features
-from classify.mlp import MLPHead
-from classify.transforms import TRANSFORMS, PCAWhiten, Standardize
-from classify.tsne import TsneConfig, make_tsne
-from extract.errors import UsageError
+from featcache.classify.experiment import FitConfig, run_experiment
+from featcache.classify.heads.knn import CosineKNN
+from featcache.classify.heads.linear import LinearSVM, SoftmaxRegression
+from featcache.classify.heads.mlp import MLPHead
+from featcache.classify.heads.registry import HEADS, HeadSpec, build_head
+from featcache.classify.load import find_cache, iter_features, load_features
+from featcache.classify.transforms import TRANSFORMS, PCAWhiten, Standardize
+from featcache.classify.tsne import TsneConfig, make_tsne
+from featcache.errors import UsageError
 
 __all__ = [
     "HEADS",

@@ -1,3 +1,3 @@
-from classify.cli import main
+from featcache.classify.cli import main
 
 raise SystemExit(main())

@@ -1,4 +1,4 @@
-"""``python -m classify {fit,results,tsne}``: argparse into a config, one library call each."""
+"""``python -m featcache.classify {fit,results,tsne}``: argparse into a config, one call each."""
 
 from __future__ import annotations
 
@@ -10,16 +10,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from classify.experiment import FitConfig, run_experiment
-from classify.features import DEFAULT_LAYERS
-from classify.heads import DEFAULT_HEAD, HEADS
-from classify.runs import format_results, load_runs, pct
-from classify.select import DEFAULT_DATASET
-from classify.transforms import DEFAULT_TRANSFORM, TRANSFORMS
-from classify.tsne import TsneConfig, make_tsne
-from extract.cache import default_data_dir
-from extract.distributed import ENGINES
-from extract.errors import FeatcacheError
+from featcache.classify.experiment import FitConfig, run_experiment
+from featcache.classify.features import DEFAULT_LAYERS
+from featcache.classify.heads.registry import DEFAULT_HEAD, HEADS
+from featcache.classify.runs import format_results, load_runs, pct
+from featcache.classify.select import DEFAULT_DATASET
+from featcache.classify.transforms import DEFAULT_TRANSFORM, TRANSFORMS
+from featcache.classify.tsne import TsneConfig, make_tsne
+from featcache.errors import FeatcacheError
+from featcache.extract.compute.distributed import ENGINES
+from featcache.paths import default_data_dir
 
 CACHE_OPTIONS = ("backbone", "resolution", "crops", "pool", "dtype")
 HYPERPARAMETERS = tuple(sorted({name for spec in HEADS.values() for name in spec.options}))
@@ -71,7 +71,7 @@ def _source_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m classify",
+    parser = _Parser(prog="python -m featcache.classify",
                      description="Train and compare classifier heads on cached CNN features.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -137,7 +137,7 @@ def _fit(args: argparse.Namespace, argv: Sequence[str]) -> int:
         train_size=args.train_size, shots=args.shots, repeats=args.repeats,
         resplit=args.resplit, val_size=args.val_size, seed=args.seed, jobs=args.jobs,
         engine=args.engine, tag=args.tag,
-        command=shlex.join(["python", "-m", "classify", *argv]),
+        command=shlex.join(["python", "-m", "featcache.classify", *argv]),
         skip_existing=args.skip_existing, **{k: getattr(args, k) for k in CACHE_OPTIONS},
     )
     run_dir, m = run_experiment(config)
@@ -188,5 +188,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _tsne(args)
     except FeatcacheError as exc:
         message = " ".join(str(exc).split())
-        print(f"python -m classify {args.command}: error: {message}", file=sys.stderr)
+        print(f"python -m featcache.classify {args.command}: error: {message}", file=sys.stderr)
         return exc.exit_status

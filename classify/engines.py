@@ -17,8 +17,8 @@ from typing import Any, Protocol, TypeVar
 import torch
 from joblib import Parallel, delayed
 
-from extract.distributed import check_engine, ray_session
-from extract.runtimes import torch_threads
+from featcache.extract.compute.distributed import check_engine, ray_session
+from featcache.extract.compute.runtimes import torch_threads
 
 S = TypeVar("S")
 U = TypeVar("U")

@@ -17,19 +17,19 @@ from typing import Any
 import joblib
 import numpy as np
 
-from classify.engines import Engine, LocalEngine, engine_session
-from classify.features import DEFAULT_LAYERS, Block, Part, open_cache, read
-from classify.heads import DEFAULT_HEAD, HEADS, SWEPT, build_head
-from classify.plots import plot_confusion
-from classify.protocol import evaluate, select_and_refit
-from classify.runs import METRICS, find_run, write_json, write_run
-from classify.select import DEFAULT_DATASET, CacheQuery, resolve_cache
-from classify.splits import per_class, stratified_split, stratified_subset
-from classify.stats import mean_per_class, top1_interval, top_confusions
-from classify.transforms import DEFAULT_TRANSFORM, TRANSFORMS
-from extract.cache import FeatureCache
-from extract.distributed import check_engine
-from extract.errors import UsageError
+from featcache.classify.engines import Engine, LocalEngine, engine_session
+from featcache.classify.features import DEFAULT_LAYERS, Block, Part, open_cache, read
+from featcache.classify.heads.registry import DEFAULT_HEAD, HEADS, SWEPT, build_head
+from featcache.classify.plots import plot_confusion
+from featcache.classify.protocol import evaluate, select_and_refit
+from featcache.classify.runs import METRICS, find_run, write_json, write_run
+from featcache.classify.select import DEFAULT_DATASET, CacheQuery, resolve_cache
+from featcache.classify.splits import per_class, stratified_split, stratified_subset
+from featcache.classify.stats import mean_per_class, top1_interval, top_confusions
+from featcache.classify.transforms import DEFAULT_TRANSFORM, TRANSFORMS
+from featcache.errors import UsageError
+from featcache.extract.cache.hdf5 import FeatureCache
+from featcache.extract.compute.distributed import check_engine
 
 logger = logging.getLogger(__name__)
 

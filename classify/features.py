@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from extract.cache import FeatureCache
-from extract.errors import CacheError, UsageError
+from featcache.errors import CacheError, UsageError
+from featcache.extract.cache.hdf5 import FeatureCache
 
 logger = logging.getLogger(__name__)
 

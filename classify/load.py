@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from classify.features import DEFAULT_LAYERS, Block, Part, open_cache, read
-from classify.select import DEFAULT_DATASET, CacheQuery, resolve_cache
-from extract.cache import READ_ROWS, default_data_dir
+from featcache.classify.features import DEFAULT_LAYERS, Block, Part, open_cache, read
+from featcache.classify.select import DEFAULT_DATASET, CacheQuery, resolve_cache
+from featcache.extract.cache.hdf5 import READ_ROWS
+from featcache.paths import default_data_dir
 
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray]
 

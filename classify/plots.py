@@ -10,7 +10,7 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from classify.stats import top_confusions
+from featcache.classify.stats import top_confusions
 
 LABELLED = 25  # above this many classes, names go in a list of confusions, not on the axes
 TOP_CONFUSIONS = 25

@@ -25,11 +25,11 @@ from sklearn.metrics import confusion_matrix
 from sklearn.model_selection import ParameterGrid
 from sklearn.pipeline import Pipeline
 
-from classify.engines import Engine, LocalEngine
-from classify.features import Block
-from classify.heads import SWEPT
-from classify.splits import validation_plan
-from classify.transforms import transform_in_place
+from featcache.classify.engines import Engine, LocalEngine
+from featcache.classify.features import Block
+from featcache.classify.heads.registry import SWEPT
+from featcache.classify.splits import validation_plan
+from featcache.classify.transforms import transform_in_place
 
 logger = logging.getLogger(__name__)
 

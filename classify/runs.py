@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from extract.errors import EnvironmentFault
+from featcache.errors import EnvironmentFault
 
 METRICS = "metrics.json"
 RUN_STAMP = "%Y%m%d-%H%M%S"  # local time; a run folder's name starts with it

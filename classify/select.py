@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from extract.cache import FeatureCache, find_caches
-from extract.errors import CacheError, UsageError
+from featcache.errors import CacheError, UsageError
+from featcache.extract.cache.hdf5 import FeatureCache, find_caches
 
 logger = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ def _same_dataset(
 
 def _fingerprint(path: str, data_dir: Path, meta: dict[str, Any]) -> str:
     """The dataset's fingerprint as extraction computes it today, in the cache's mode."""
-    from extract.datasets import open_dataset
+    from featcache.extract.data.datasets import open_dataset
 
     dataset = open_dataset(path, data_dir, fingerprint=meta.get("fingerprint_mode", "stat"))
     if meta.get("dataset_limit") is not None:
@@ -191,7 +191,7 @@ def _matches(candidate: Candidate, option: Option, query: CacheQuery) -> bool:
 
 def _views(crops: str, stored: dict[str, int]) -> dict[str, int]:
     """``CROPS`` text as views per split, parsed by stage one's own rule."""
-    from extract.config import ExtractConfig
+    from featcache.extract.config import ExtractConfig
 
     return ExtractConfig(crops=crops).views_per_split(stored or {"train": 1, "test": 1})
 

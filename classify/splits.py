@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
-from extract.errors import UsageError
-from extract.stratified import stratified_split as _split
+from featcache.errors import UsageError
+from featcache.stratified import stratified_split as _split
 
 MIN_HOLDOUT = 1000
 CV_FOLDS = 5

@@ -13,13 +13,13 @@ import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
 
-from classify.features import DEFAULT_LAYERS, Part, open_cache, read
-from classify.plots import plot_map
-from classify.runs import environment_fault, slug
-from classify.select import DEFAULT_DATASET, CacheQuery, resolve_cache
-from classify.splits import stratified_subset
-from classify.transforms import Standardize
-from extract.errors import UsageError
+from featcache.classify.features import DEFAULT_LAYERS, Part, open_cache, read
+from featcache.classify.plots import plot_map
+from featcache.classify.runs import environment_fault, slug
+from featcache.classify.select import DEFAULT_DATASET, CacheQuery, resolve_cache
+from featcache.classify.splits import stratified_subset
+from featcache.classify.transforms import Standardize
+from featcache.errors import UsageError
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Command line of stage one: ``python -m extract {run,layers,list}``."""
+"""Command line of stage one: ``python -m featcache.extract {run,layers,list}``."""
 
 from __future__ import annotations
 
@@ -9,15 +9,16 @@ from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
 
-from .backbones import get_spec, list_backbones
-from .cache import FeatureCache, default_data_dir
-from .config import DEVICES, DTYPES, FINGERPRINTS, POOLS, ExtractConfig
-from .datasets import DATASETS
-from .distributed import ENGINES
-from .errors import run_command
-from .pictures import show as show_pictures
-from .pipeline import describe_layers, run_extraction
-from .runtimes import RUNTIMES
+from featcache.errors import run_command
+from featcache.extract.backbones.pictures import show as show_pictures
+from featcache.extract.backbones.registry import get_spec, list_backbones
+from featcache.extract.cache.hdf5 import FeatureCache
+from featcache.extract.compute.distributed import ENGINES
+from featcache.extract.compute.runtimes import RUNTIMES
+from featcache.extract.config import DEVICES, DTYPES, FINGERPRINTS, POOLS, ExtractConfig
+from featcache.extract.data.datasets import DATASETS
+from featcache.extract.pipeline import describe_layers, run_extraction
+from featcache.paths import default_data_dir
 
 DEFAULTS = {f.name: f.default for f in fields(ExtractConfig)}
 
@@ -32,7 +33,7 @@ def _csv(text: str) -> tuple[str, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m extract", description=__doc__)
+    parser = _Parser(prog="python -m featcache.extract", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = sub.add_parser(
         "run",

@@ -6,13 +6,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .cache import default_data_dir
-from .distributed import ENGINES
-from .errors import UsageError
-from .layouts import FINGERPRINT_MODES as FINGERPRINTS
-from .preprocess import VIEW_NAMES
-from .runtimes import RUNTIMES
-from .shards import SHARD_ROWS
+from featcache.errors import UsageError
+from featcache.extract.cache.shards import SHARD_ROWS
+from featcache.extract.compute.distributed import ENGINES
+from featcache.extract.compute.runtimes import RUNTIMES
+from featcache.extract.data.layouts import FINGERPRINT_MODES as FINGERPRINTS
+from featcache.extract.data.preprocess import VIEW_NAMES
+from featcache.paths import default_data_dir
 
 POOLS = ("avg", "max", "none")
 DTYPES = ("float16", "float32")

@@ -12,14 +12,25 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .backbones import get_spec, load_backbone, make_feature_extractor, resolve_layers
-from .cache import Assembler, FeatureCache, assemble, missing_shards, writer_lock
-from .config import ExtractConfig
-from .errors import CacheError
-from .plan import ExtractPlan, plan_extraction
-from .runtimes import resolve_runtime
-from .shards import ShardSpec, ShardStore
-from .worker import ShardWorker, resolve_device
+from featcache.errors import CacheError
+from featcache.extract.backbones.registry import (
+    get_spec,
+    load_backbone,
+    make_feature_extractor,
+    resolve_layers,
+)
+from featcache.extract.cache.hdf5 import (
+    Assembler,
+    FeatureCache,
+    assemble,
+    missing_shards,
+    writer_lock,
+)
+from featcache.extract.cache.shards import ShardSpec, ShardStore
+from featcache.extract.compute.runtimes import resolve_runtime
+from featcache.extract.compute.worker import ShardWorker, resolve_device
+from featcache.extract.config import ExtractConfig
+from featcache.extract.plan import ExtractPlan, plan_extraction
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +133,7 @@ def _run_local(plan: ExtractPlan, store: ShardStore, shards: list[ShardSpec],
 
 def _run_ray(plan: ExtractPlan, store: ShardStore, shards: list[ShardSpec],
              on_rows: Callable[[int], object]) -> tuple[int, tuple[str, str] | None]:
-    from .distributed import run_shards
+    from featcache.extract.compute.distributed import run_shards
 
     return run_shards(plan, store, shards, on_rows)
 

@@ -11,13 +11,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .backbones import get_spec, load_backbone, resolve_layers, weights_sha256
-from .cache import PIPELINE_VERSION, CacheKey, SplitPlan
-from .config import ExtractConfig
-from .datasets import ImageDataset, open_dataset
-from .errors import UsageError
-from .preprocess import view_names
-from .shards import ShardStore, shard_specs
+from featcache.errors import UsageError
+from featcache.extract.backbones.registry import (
+    get_spec,
+    load_backbone,
+    resolve_layers,
+    weights_sha256,
+)
+from featcache.extract.cache.hdf5 import PIPELINE_VERSION, CacheKey, SplitPlan
+from featcache.extract.cache.shards import ShardStore, shard_specs
+from featcache.extract.config import ExtractConfig
+from featcache.extract.data.datasets import ImageDataset, open_dataset
+from featcache.extract.data.preprocess import view_names
 
 PACKAGES = ("torch", "torchvision", "timm", "h5py", "numpy", "pillow", "featcache")
 
@@ -91,7 +96,7 @@ def _versions() -> dict[str, str]:
 
 def _rebuild_command(cfg: ExtractConfig) -> str:
     """The command line that makes this cache again."""
-    args = ["python", "-m", "extract", "run", "--dataset", cfg.dataset, "--backbone",
+    args = ["python", "-m", "featcache.extract", "run", "--dataset", cfg.dataset, "--backbone",
             cfg.backbone, "--layers", ",".join(cfg.layers), "--pool", cfg.pool, "--crops",
             cfg.crops, "--dtype", cfg.dtype, "--data-dir", str(cfg.data_dir)]
     for option, value in (("--res", cfg.resolution), ("--limit", cfg.limit),

@@ -1,6 +1,6 @@
 # Sourced by every recipe: where the data is, and three verbs (features, fit, done).
-# Each recipe only calls stage one (`python -m extract run`) and stage two
-# (`python -m classify fit`) with the protocol's options; caches are shared, so a
+# Each recipe only calls stage one (`python -m featcache.extract run`) and stage two
+# (`python -m featcache.classify fit`) with the protocol's options; caches are shared, so a
 # recipe whose features exist already re-runs only its heads.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -29,12 +29,12 @@ STARTED=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 SECONDS=0
 
 features() {  # extract (or find) a cache; prints its path
-  "$PY" -m extract run --data-dir "$DATA_DIR" --backbone "$BACKBONE" --layers "$TAPS" \
+  "$PY" -m featcache.extract run --data-dir "$DATA_DIR" --backbone "$BACKBONE" --layers "$TAPS" \
     ${ENGINE:+--engine "$ENGINE"} "$@"
 }
 
 fit() {  # one head on one cache, its run folder tagged with this recipe's name
-  "$PY" -m classify fit --data-dir "$DATA_DIR" --tag "$RECIPE" ${ENGINE:+--engine "$ENGINE"} "$@"
+  "$PY" -m featcache.classify fit --data-dir "$DATA_DIR" --tag "$RECIPE" ${ENGINE:+--engine "$ENGINE"} "$@"
 }
 
 done_recipe() {  # record the recipe's wall time and machine for the results page

@@ -28,9 +28,9 @@ else:  # the same parser, before it joined the standard library
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from classify.runs import RUN_STAMP, by_validation, load_runs, pct, val_score  # noqa: E402
-from classify.stats import mean_per_class, top1_interval  # noqa: E402
-from extract.cache import default_data_dir  # noqa: E402
+from featcache.classify.runs import RUN_STAMP, by_validation, load_runs, pct, val_score  # noqa: E402
+from featcache.classify.stats import mean_per_class, top1_interval  # noqa: E402
+from featcache.paths import default_data_dir  # noqa: E402
 
 DATA = Path(__file__).with_name("papers.toml")
 Run = Mapping[str, Any]

@@ -9,7 +9,8 @@ import torchvision
 from PIL import Image
 from torchvision.models.feature_extraction import get_graph_node_names
 
-from extract.backbones import (
+from featcache.extract.backbones.efficientnet_lite import lite_weights_file
+from featcache.extract.backbones.registry import (
     UnknownNameError,
     WeightsUnavailableError,
     get_spec,
@@ -19,8 +20,7 @@ from extract.backbones import (
     resolve_layers,
     weights_sha256,
 )
-from extract.efficientnet_lite import lite_weights_file
-from extract.preprocess import normalize
+from featcache.extract.data.preprocess import normalize
 
 CATS = {281, 282, 285}  # tabby, tiger cat, Egyptian cat
 

@@ -6,7 +6,8 @@ import h5py
 import numpy as np
 import pytest
 
-from extract.cache import (
+from featcache.errors import UsageError
+from featcache.extract.cache.hdf5 import (
     FORMAT_VERSION,
     Assembler,
     CacheError,
@@ -18,8 +19,7 @@ from extract.cache import (
     write_cache,
     writer_lock,
 )
-from extract.errors import UsageError
-from extract.shards import ShardSpec, ShardStore, finite_or_raise, shard_specs
+from featcache.extract.cache.shards import ShardSpec, ShardStore, finite_or_raise, shard_specs
 
 KEY = CacheKey(dataset="toy", dataset_fingerprint="f" * 64, split_rule="official", backbone="b",
                weights_sha256="w" * 64, preprocess="{}", resolution=32, views="v1", pool="avg",

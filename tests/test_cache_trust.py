@@ -18,10 +18,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from extract import pipeline, plan, worker
-from extract.cache import FeatureCache
-from extract.config import ExtractConfig
-from extract.errors import UsageError
+from featcache.errors import UsageError
+from featcache.extract import pipeline, plan
+from featcache.extract.cache.hdf5 import FeatureCache
+from featcache.extract.compute import worker
+from featcache.extract.config import ExtractConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = dict(backbone="efficientnet_lite0", resolution=32, batch_size=4, test_fraction=0.5)
@@ -45,7 +46,7 @@ def _run(folder: Path, data_dir: Path, **kw) -> pipeline.ExtractResult:
 
 
 def _cli(args, **kw):
-    return subprocess.Popen([sys.executable, "-m", "extract", *args], cwd=ROOT,
+    return subprocess.Popen([sys.executable, "-m", "featcache.extract", *args], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
@@ -304,6 +305,6 @@ def test_make_keeps_a_path_with_spaces_one_argument(tmp_path):
     folder = tmp_path / "my images" / "it's here"
     out = subprocess.run(["make", "-n", "--no-print-directory", "extract", f"DATASET={folder}"],
                          cwd=ROOT, capture_output=True, text=True, check=True)
-    (line,) = [ln for ln in out.stdout.splitlines() if "-m extract run" in ln]
+    (line,) = [ln for ln in out.stdout.splitlines() if "-m featcache.extract run" in ln]
     words = shlex.split(line)
     assert words[words.index("--dataset") + 1] == str(folder)

@@ -1,4 +1,4 @@
-"""``python -m classify``: help, bad input (one line, exit 2), CUDA untouched, plots, real data."""
+"""``python -m featcache.classify``: help, bad input (one line, exit 2), no CUDA, plots."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import h5py
 import pytest
 from test_classify_synthetic import write_synthetic
 
-from classify.cli import main
-from classify.heads import HEADS
+from featcache.classify.cli import main
+from featcache.classify.heads.registry import HEADS
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -129,10 +129,10 @@ def test_corrupt_and_incomplete_caches(tmp_path: Path, capsys) -> None:
     with h5py.File(path, "r+") as f:
         del f["test/features/pool"]
         f["test/features/pool"] = f["train/features/pool"][:10]
-        f.attrs["rebuild"] = "python -m extract run --dataset digits"
+        f.attrs["rebuild"] = "python -m featcache.extract run --dataset digits"
     code, _, err = _run(["fit", "--data-dir", str(tmp_path / "b"), "--C", "1"], capsys)
     assert code == 2 and "corrupt" in err and err.count("\n") == 1
-    assert "rebuild it with: python -m extract run --dataset digits" in err
+    assert "rebuild it with: python -m featcache.extract run --dataset digits" in err
 
 
 def test_fewer_than_two_classes(tmp_path: Path, capsys) -> None:
@@ -158,7 +158,7 @@ def test_results_and_tsne(data_dir: Path, capsys) -> None:
 def test_cuda_is_never_initialised(data_dir: Path) -> None:
     script = (
         "import sys, torch\n"
-        "from classify.cli import main\n"
+        "from featcache.classify.cli import main\n"
         "d = sys.argv[1]\n"
         "for model in ('svm', 'logreg', 'mlp', 'knn'):\n"
         "    assert main(['fit', '--data-dir', d, '--model', model]) == 0\n"
@@ -173,7 +173,8 @@ def test_cuda_is_never_initialised(data_dir: Path) -> None:
 
 
 def test_python_dash_m_entry_point(data_dir: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "classify", "fit", "--data-dir", str(data_dir),
+    done = subprocess.run([sys.executable, "-m", "featcache.classify", "fit", "--data-dir",
+                           str(data_dir),
                            "--model", "nope"], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "nope" in done.stderr
 
@@ -184,7 +185,7 @@ def test_real_ucmerced_cache(tmp_path: Path, capsys) -> None:
     if not SHARED_DATA.is_dir() or not folder.is_dir():
         pytest.skip(f"real data absent: {folder}")
     done = subprocess.run(
-        [sys.executable, "-m", "extract", "run", "--dataset", str(folder), "--data-dir",
+        [sys.executable, "-m", "featcache.extract", "run", "--dataset", str(folder), "--data-dir",
          str(tmp_path), "--limit", "210", "--res", "128", "--quiet"],
         cwd=ROOT, capture_output=True, text=True, timeout=1200,
         env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},

@@ -20,11 +20,11 @@ from sklearn.utils._param_validation import (
 from sklearn.utils.estimator_checks import check_estimator
 from test_classify_synthetic import blobs
 
-from classify.heads import HEADS, build_head
-from classify.knn import CosineKNN
-from classify.linear import LinearSVM, SoftmaxRegression
-from classify.mlp import MLPHead
-from classify.transforms import PCAWhiten, Standardize
+from featcache.classify.heads.knn import CosineKNN
+from featcache.classify.heads.linear import LinearSVM, SoftmaxRegression
+from featcache.classify.heads.mlp import MLPHead
+from featcache.classify.heads.registry import HEADS, build_head
+from featcache.classify.transforms import PCAWhiten, Standardize
 
 HEAD_FACTORIES = {
     "svm": lambda: LinearSVM(C=1.0),
@@ -86,7 +86,7 @@ def test_softmax_matches_sklearn_logistic_regression(C: float) -> None:
 
 
 def test_linear_heads_handle_more_features_than_preconditioner_rows(monkeypatch) -> None:
-    monkeypatch.setattr("classify.linear.PRECOND_ROWS", 50)
+    monkeypatch.setattr("featcache.classify.heads.linear.PRECOND_ROWS", 50)
     X, y = make_classification(400, 120, n_informative=20, n_classes=3, random_state=2)
     X = X.astype(np.float32)
     ref = LogisticRegression(C=0.1, tol=1e-10, max_iter=10_000).fit(X, y)

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 from test_classify_synthetic import blobs, write_synthetic
 
-from classify.engines import LocalEngine
-from classify.experiment import FitConfig, plan_rows, run_experiment
-from classify.features import Block
-from classify.linear import LinearSVM, SoftmaxRegression
-from classify.protocol import choose, class_scores, evaluate, refit
-from classify.transforms import Standardize
-from extract.cache import FeatureCache
-from extract.errors import UsageError
+from featcache.classify.engines import LocalEngine
+from featcache.classify.experiment import FitConfig, plan_rows, run_experiment
+from featcache.classify.features import Block
+from featcache.classify.heads.linear import LinearSVM, SoftmaxRegression
+from featcache.classify.protocol import choose, class_scores, evaluate, refit
+from featcache.classify.transforms import Standardize
+from featcache.errors import UsageError
+from featcache.extract.cache.hdf5 import FeatureCache
 
 
 def _fit(tmp: Path, **kw) -> dict:

@@ -15,13 +15,13 @@ import pytest
 from PIL import Image
 from test_classify_synthetic import write_synthetic
 
-from classify import runs as runs_module
-from classify.cli import main
-from classify.experiment import FitConfig, run_experiment
-from classify.runs import by_validation, format_results, load_runs
-from classify.stats import top_confusions
-from extract.cache import FeatureCache
-from extract.errors import EnvironmentFault
+from featcache.classify import runs as runs_module
+from featcache.classify.cli import main
+from featcache.classify.experiment import FitConfig, run_experiment
+from featcache.classify.runs import by_validation, format_results, load_runs
+from featcache.classify.stats import top_confusions
+from featcache.errors import EnvironmentFault
+from featcache.extract.cache.hdf5 import FeatureCache
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -133,7 +133,7 @@ def test_a_full_disk_leaves_no_run_folder(tmp_path: Path, monkeypatch, capsys) -
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("classify.experiment.joblib.dump", full)
+    monkeypatch.setattr("featcache.classify.experiment.joblib.dump", full)
     code = main(["fit", "--data-dir", str(tmp_path), "--C", "1"])
     err = capsys.readouterr().err
     assert code == 1 and err.count("\n") == 1 and "No space left on device" in err
@@ -145,7 +145,7 @@ def test_a_file_size_limit_leaves_no_run_folder(tmp_path: Path) -> None:
     write_synthetic(tmp_path)
     script = (
         "import resource, sys\n"
-        "from classify.cli import main\n"
+        "from featcache.classify.cli import main\n"
         "resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))\n"
         "sys.exit(main(['fit', '--data-dir', sys.argv[1], '--C', '1']))\n"
     )
@@ -153,7 +153,8 @@ def test_a_file_size_limit_leaves_no_run_folder(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 1, done.stderr[-2000:]
     last = done.stderr.strip().splitlines()[-1]  # the lines before it are INFO logging
-    assert last.startswith("python -m classify fit: error: cannot write") and "EFBIG" in last
+    assert last.startswith("python -m featcache.classify fit: error: cannot write")
+    assert "EFBIG" in last
     assert "Traceback" not in done.stderr
     assert _folders(tmp_path) == []
 
@@ -176,7 +177,7 @@ def test_a_crash_while_writing_leaves_no_run_folder(tmp_path: Path, monkeypatch)
     def crash(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("classify.experiment.plot_confusion", crash)
+    monkeypatch.setattr("featcache.classify.experiment.plot_confusion", crash)
     with pytest.raises(KeyboardInterrupt):
         _fit(tmp_path, params={"C": 1.0})
     assert _folders(tmp_path) == []

@@ -13,10 +13,10 @@ import pytest
 from conftest import write_image_folder
 from test_classify_synthetic import write_synthetic
 
-from classify.cli import main
-from classify.select import CacheQuery, resolve_cache
-from extract.datasets import open_dataset
-from extract.errors import CacheError, UsageError
+from featcache.classify.cli import main
+from featcache.classify.select import CacheQuery, resolve_cache
+from featcache.errors import CacheError, UsageError
+from featcache.extract.data.datasets import open_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -127,7 +127,7 @@ def test_the_makefile_passes_only_the_cache_options_given() -> None:
 @pytest.mark.slow
 def test_classify_a_folder_after_extracting_it(tmp_path: Path, capsys) -> None:
     """`make extract DATASET=<dir>` then `make classify DATASET=<dir>` (or its base name)."""
-    from extract import extract
+    from featcache.extract import extract
 
     folder = write_image_folder(tmp_path / "scans", per_class=10, size=24)
     data = tmp_path / "data"

@@ -15,16 +15,16 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.preprocessing import FunctionTransformer
 from test_classify_synthetic import blobs, write_synthetic
 
-from classify.engines import LocalEngine, RayEngine
-from classify.experiment import FitConfig, run_experiment
-from classify.features import Block
-from classify.heads import C_GRID, WEIGHT_DECAY_GRID
-from classify.linear import LinearSVM, SoftmaxRegression
-from classify.mlp import MLPHead
-from classify.protocol import choose, refit
-from classify.splits import validation_plan
-from classify.transforms import Standardize
-from extract.errors import UsageError
+from featcache.classify.engines import LocalEngine, RayEngine
+from featcache.classify.experiment import FitConfig, run_experiment
+from featcache.classify.features import Block
+from featcache.classify.heads.linear import LinearSVM, SoftmaxRegression
+from featcache.classify.heads.mlp import MLPHead
+from featcache.classify.heads.registry import C_GRID, WEIGHT_DECAY_GRID
+from featcache.classify.protocol import choose, refit
+from featcache.classify.splits import validation_plan
+from featcache.classify.transforms import Standardize
+from featcache.errors import UsageError
 
 
 def test_holdout_where_it_is_large_enough_else_stratified_k_fold() -> None:
@@ -268,7 +268,7 @@ def test_run_records_selection_and_convergence(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def ray_engine():
     pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'featcache[ray]'")
-    from extract.distributed import ray_session
+    from featcache.extract.compute.distributed import ray_session
 
     with ray_session(2) as ray:
         yield RayEngine(ray)

@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from classify.stats import mean_per_class, student_t, top1_interval, top_confusions, wilson
+from featcache.classify.stats import (
+    mean_per_class,
+    student_t,
+    top1_interval,
+    top_confusions,
+    wilson,
+)
 
 # Newcombe (1998), "Two-sided confidence intervals for the single proportion", Statistics in
 # Medicine 17:857-872, Table I, method 3 (Wilson score, no continuity correction).

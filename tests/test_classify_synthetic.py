@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from extract.cache import FeatureCache, write_cache
+from featcache.extract.cache.hdf5 import FeatureCache, write_cache
 
 TEN_CROP = ["center", "top_left", "top_right", "bottom_left", "bottom_right",
             "center_flip", "top_left_flip", "top_right_flip", "bottom_left_flip",

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from extract.datasets import DATASETS, open_dataset
-from extract.errors import UsageError
+from featcache.errors import UsageError
+from featcache.extract.data.datasets import DATASETS, open_dataset
 
 
 def test_digits_is_offline_and_split_deterministically():

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from extract.cache import FeatureCache
-from extract.config import ExtractConfig
-from extract.distributed import check_engine, ray_session
-from extract.errors import UsageError
-from extract.pipeline import run_extraction
+from featcache.errors import UsageError
+from featcache.extract.cache.hdf5 import FeatureCache
+from featcache.extract.compute.distributed import check_engine, ray_session
+from featcache.extract.config import ExtractConfig
+from featcache.extract.pipeline import run_extraction
 
 ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'featcache[ray]')")
 psutil = pytest.importorskip("psutil", reason="psutil is needed to find the Ray workers")
@@ -102,7 +102,8 @@ def test_a_worker_killed_mid_run_costs_only_its_shard(image_folder, tmp_path, lo
 
 def test_the_driver_killed_leaves_a_cache_the_same_command_resumes(image_folder, tmp_path):
     folder = image_folder(per_class=16)
-    args = [sys.executable, "-m", "extract", "run", "--dataset", str(folder), "--res", "48",
+    args = [sys.executable, "-m", "featcache.extract", "run", "--dataset", str(folder),
+            "--res", "48",
             "--batch-size", "4", "--shard-rows", "4", "--test-fraction", "0.5", "--engine",
             "ray", "--workers", "2", "--quiet", "--data-dir", str(tmp_path / "ray")]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}

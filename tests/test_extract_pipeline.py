@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 from filelock import FileLock
 
-import extract.pipeline as pipeline
-from extract import cli, plan, worker
-from extract.cache import FeatureCache
-from extract.config import ExtractConfig
-from extract.errors import UsageError
+import featcache.extract.pipeline as pipeline
+from featcache.errors import UsageError
+from featcache.extract import cli, plan
+from featcache.extract.cache.hdf5 import FeatureCache
+from featcache.extract.compute import worker
+from featcache.extract.config import ExtractConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = dict(backbone="efficientnet_lite0", resolution=64, batch_size=4)
@@ -121,7 +122,7 @@ def test_second_writer_is_refused(image_folder, tmp_path):
 
 def _cli(args, **kw):
     return subprocess.Popen(
-        [sys.executable, "-m", "extract", *args],
+        [sys.executable, "-m", "featcache.extract", *args],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -231,8 +232,8 @@ def test_full_disk_is_one_line_and_leaves_no_complete_file(image_folder, tmp_pat
                                                            capsys):
     import errno
 
-    from extract import cli
-    from extract.shards import ShardStore
+    from featcache.extract import cli
+    from featcache.extract.cache.shards import ShardStore
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", "shard.npz")

@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from extract.backbones import get_spec
-from extract.images import decode, draft_scale
-from extract.preprocess import Preprocess
+from featcache.extract.backbones.registry import get_spec
+from featcache.extract.data.images import decode, draft_scale
+from featcache.extract.data.preprocess import Preprocess
 
 
 def _upright(h=30, w=20):

@@ -1,4 +1,4 @@
-"""``extract/pictures.py`` and ``python -m extract show``: filters and activation maps."""
+"""``extract/pictures.py`` and ``python -m featcache.extract show``: filters and activation maps."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from extract.backbones import load_backbone
-from extract.cli import main
-from extract.errors import UsageError
-from extract.pictures import activation_maps, filter_grid, first_conv, show
+from featcache.errors import UsageError
+from featcache.extract.backbones.pictures import activation_maps, filter_grid, first_conv, show
+from featcache.extract.backbones.registry import load_backbone
+from featcache.extract.cli import main
 
 
 @pytest.fixture(scope="module")

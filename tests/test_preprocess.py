@@ -17,9 +17,9 @@ import torchvision
 from PIL import Image
 from timm.data import create_transform, resolve_data_config
 
-from extract.backbones import get_spec
-from extract.errors import UsageError
-from extract.preprocess import (
+from featcache.errors import UsageError
+from featcache.extract.backbones.registry import get_spec
+from featcache.extract.data.preprocess import (
     TEN_CROP_NAMES,
     Preprocess,
     crop_box,

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-import extract.pipeline as pipeline
-import extract.probe as probe
-from extract.cache import FeatureCache
-from extract.config import ExtractConfig
+import featcache.extract.compute.probe as probe
+import featcache.extract.pipeline as pipeline
+from featcache.extract.cache.hdf5 import FeatureCache
+from featcache.extract.config import ExtractConfig
 
 # pure-forward img/s of the default backbone at 224 px on the 2-core machine (issue 14)
 RATES_224 = {1: 77.0, 2: 90.0, 4: 103.0, 8: 112.0, 16: 76.0, 32: 66.0, 64: 60.0}

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from test_classify_synthetic import write_synthetic
 
-from classify import find_cache, iter_features, load_features
+from featcache.classify import find_cache, iter_features, load_features
 
 ROOT = Path(__file__).resolve().parents[1]
 

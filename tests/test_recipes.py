@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT / "recipes"))
 
 import report  # noqa: E402
 
-from classify.stats import wilson  # noqa: E402
+from featcache.classify.stats import wilson  # noqa: E402
 
 
 @pytest.mark.parametrize("recipe", sorted((ROOT / "recipes").glob("*.sh")), ids=lambda p: p.name)

@@ -9,15 +9,19 @@ import numpy as np
 import pytest
 import torch
 
-import extract.pipeline as pipeline
-from extract.backbones import load_backbone, make_feature_extractor, resolve_layers
-from extract.cache import FeatureCache
-from extract.config import ExtractConfig
-from extract.errors import EnvironmentFault, UsageError
-from extract.plan import plan_extraction
-from extract.runtimes import RUNTIMES, compile_forward, resolve_runtime
-from extract.shards import ShardStore, shard_specs
-from extract.worker import ShardWorker
+import featcache.extract.pipeline as pipeline
+from featcache.errors import EnvironmentFault, UsageError
+from featcache.extract.backbones.registry import (
+    load_backbone,
+    make_feature_extractor,
+    resolve_layers,
+)
+from featcache.extract.cache.hdf5 import FeatureCache
+from featcache.extract.cache.shards import ShardStore, shard_specs
+from featcache.extract.compute.runtimes import RUNTIMES, compile_forward, resolve_runtime
+from featcache.extract.compute.worker import ShardWorker
+from featcache.extract.config import ExtractConfig
+from featcache.extract.plan import plan_extraction
 
 CPU = torch.device("cpu")
 

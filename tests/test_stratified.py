@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from sklearn.model_selection import train_test_split
 
-from extract.errors import UsageError
-from extract.stratified import stratified_split
+from featcache.errors import UsageError
+from featcache.stratified import stratified_split
 
 
 def _sklearn(labels, seed, test=None, train=None):

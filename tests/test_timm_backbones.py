@@ -7,7 +7,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from extract.backbones import (
+from featcache.extract.backbones.registry import (
     UnknownNameError,
     WeightsUnavailableError,
     get_spec,
@@ -16,7 +16,7 @@ from extract.backbones import (
     resolve_layers,
     weights_sha256,
 )
-from extract.pipeline import describe_layers
+from featcache.extract.pipeline import describe_layers
 
 SMALL = "timm/mobilenetv3_small_100.lamb_in1k"  # 2.5 M parameters, 10 MB of weights
 

@@ -3,7 +3,7 @@
 ``load_backbone`` is the one path that builds models. Layers are tapped with torchvision's
 ``create_feature_extractor``; an alias names an fx node or a module (whose output is used).
 Names: the registry below, any torchvision classifier (``resnet18``), or any timm model as
-``timm/<arch>[.<tag>]`` (see :mod:`extract.timm_backbones`).
+``timm/<arch>[.<tag>]`` (see :mod:`featcache.extract.backbones.timm_models`).
 """
 
 from __future__ import annotations
@@ -20,11 +20,16 @@ import torchvision
 from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
-from .efficientnet_lite import lite_spec
-from .spec import BackboneSpec, LayerTap, UnknownNameError, WeightsUnavailableError
-from .timm_backbones import PREFIX as TIMM_PREFIX
-from .timm_backbones import timm_spec
-from .torchvision_backbones import torchvision_spec
+from featcache.extract.backbones.efficientnet_lite import lite_spec
+from featcache.extract.backbones.spec import (
+    BackboneSpec,
+    LayerTap,
+    UnknownNameError,
+    WeightsUnavailableError,
+)
+from featcache.extract.backbones.timm_models import PREFIX as TIMM_PREFIX
+from featcache.extract.backbones.timm_models import timm_spec
+from featcache.extract.backbones.torchvision_models import torchvision_spec
 
 __all__ = [
     "BackboneSpec",

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator, Sequence
 from types import ModuleType
 from typing import Any
 
-from .errors import EnvironmentFault, FeatcacheError, UsageError
+from featcache.errors import EnvironmentFault, FeatcacheError, UsageError
 
 log = logging.getLogger(__name__)
 ENGINES = ("local", "ray")
@@ -64,7 +64,7 @@ class _ShardActor:
     def __init__(self, plan: Any, store: Any, device: str, threads: int) -> None:
         import torch
 
-        from .worker import ShardWorker
+        from featcache.extract.compute.worker import ShardWorker
 
         torch.set_num_threads(threads)
         self.worker = ShardWorker(plan, store, device=device)

@@ -36,8 +36,8 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from torchvision.transforms import InterpolationMode
 
-from .errors import UsageError
-from .images import Source, decode
+from featcache.errors import UsageError
+from featcache.extract.data.images import Source, decode
 
 PREPROCESS_VERSION = 1
 RESIZE_MODES = ("shorter_side", "squash")
@@ -74,7 +74,7 @@ class Preprocess:
     """Everything that turns a file into the pixels a backbone sees, except normalisation.
 
     ``source`` names where the numbers come from; ``jpeg_draft`` lets a large JPEG decode
-    at a reduced scale (never below ``resize_size``; see :mod:`extract.images`).
+    at a reduced scale (never below ``resize_size``; see :mod:`featcache.extract.data.images`).
     """
 
     crop_size: int

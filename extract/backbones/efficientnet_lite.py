@@ -24,8 +24,12 @@ import timm
 import torch
 from torch import nn
 
-from .spec import BackboneSpec, LayerTap
-from .timm_backbones import preprocessing_fields, pretrained_cfg, timm_tracer_kwargs
+from featcache.extract.backbones.spec import BackboneSpec, LayerTap
+from featcache.extract.backbones.timm_models import (
+    preprocessing_fields,
+    pretrained_cfg,
+    timm_tracer_kwargs,
+)
 
 # variant -> output channels of the seven block stages
 LITE_VARIANTS = {

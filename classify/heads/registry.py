@@ -12,10 +12,10 @@ import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.utils._param_validation import InvalidParameterError
 
-from classify.knn import CosineKNN
-from classify.linear import LinearSVM, SoftmaxRegression
-from classify.mlp import MLPHead
-from extract.errors import UsageError
+from featcache.classify.heads.knn import CosineKNN
+from featcache.classify.heads.linear import LinearSVM, SoftmaxRegression
+from featcache.classify.heads.mlp import MLPHead
+from featcache.errors import UsageError
 
 C_GRID = tuple(float(c) for c in np.logspace(-4, 1, 11))
 WEIGHT_DECAY_GRID = (1e-5, 1e-4, 1e-3)

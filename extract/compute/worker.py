@@ -23,21 +23,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .backbones import load_backbone, make_feature_extractor
-from .cache import slug
-from .config import FLATTEN_LIMIT
-from .errors import UsageError
-from .plan import ExtractPlan
-from .preprocess import MakeViews, Normalize
-from .probe import Probe, cached_probe, choose_batch_size
-from .runtimes import (
+from featcache.errors import UsageError
+from featcache.extract.backbones.registry import load_backbone, make_feature_extractor
+from featcache.extract.cache.hdf5 import slug
+from featcache.extract.cache.shards import ShardSpec, ShardStore
+from featcache.extract.compute.probe import Probe, cached_probe, choose_batch_size
+from featcache.extract.compute.runtimes import (
     EXPORT_VERSION,
     glue_threads,
     resolve_runtime,
     torch_threads,
     usable_runtime,
 )
-from .shards import ShardSpec, ShardStore
+from featcache.extract.config import FLATTEN_LIMIT
+from featcache.extract.data.preprocess import MakeViews, Normalize
+from featcache.extract.plan import ExtractPlan
 
 log = logging.getLogger(__name__)
 PREFETCH_BATCHES = 4

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 from torchvision.models.feature_extraction import NodePathTracer
 
-from .errors import EnvironmentFault, UsageError
-from .preprocess import Preprocess, resize_for
+from featcache.errors import EnvironmentFault, UsageError
+from featcache.extract.data.preprocess import Preprocess, resize_for
 
 
 class UnknownNameError(UsageError):
@@ -35,7 +35,7 @@ class BackboneSpec:
     """One backbone: how to build it, where its weights live, how its inputs are made.
 
     ``input_size`` is the weights' crop; ``crop_pct`` (crop / resize) gives the resize
-    before the crop at any resolution (:func:`extract.preprocess.resize_for`).
+    before the crop at any resolution (:func:`featcache.extract.data.preprocess.resize_for`).
     """
 
     name: str

@@ -1,7 +1,8 @@
 """Dataset registry: a name, an ImageFolder directory or a CSV manifest becomes labelled splits.
 
 Registered names (digits, MNIST, CIFAR) are arrays, fingerprinted by hashing the arrays;
-folders and manifests (:mod:`extract.layouts`) are fingerprinted per file, by path + size +
+folders and manifests (:mod:`featcache.extract.data.layouts`) are fingerprinted per file, by
+path + size +
 mtime_ns (``fingerprint="stat"``, fast) or by every file's bytes (``"content"``, for file
 systems whose mtimes cannot be trusted). ``ImageDataset.fingerprint_mode`` says which.
 """
@@ -17,11 +18,17 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .errors import UsageError
-from .images import Source
-from .layouts import FINGERPRINT_MODES, SPLIT_NAMES, FileList, read_manifest, scan_folder
-from .layouts import fingerprint as layout_fingerprint
-from .stratified import stratified_split
+from featcache.errors import UsageError
+from featcache.extract.data.images import Source
+from featcache.extract.data.layouts import (
+    FINGERPRINT_MODES,
+    SPLIT_NAMES,
+    FileList,
+    read_manifest,
+    scan_folder,
+)
+from featcache.extract.data.layouts import fingerprint as layout_fingerprint
+from featcache.stratified import stratified_split
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +58,7 @@ class Split:
     """One split: identifiers, integer labels and ``load(i) -> source`` (a path or PIL image).
 
     A source becomes pixels through ``spec.preprocess(res).views(n)(source)``, or
-    :func:`extract.images.decode`.
+    :func:`featcache.extract.data.images.decode`.
     """
 
     ids: list[str]

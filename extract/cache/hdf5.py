@@ -44,8 +44,8 @@ import h5py
 import numpy as np
 from filelock import FileLock, Timeout
 
-from .errors import CacheError, EnvironmentFault
-from .shards import SHARD_ROWS, ShardSpec, ShardStore, shard_specs
+from featcache.errors import CacheError, EnvironmentFault
+from featcache.extract.cache.shards import SHARD_ROWS, ShardSpec, ShardStore, shard_specs
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 2
@@ -53,23 +53,7 @@ PIPELINE_VERSION = 2
 SUFFIX = ".h5"
 READ_ROWS = 16384
 CHUNK_BYTES = 1 << 20
-DATA_DIR_ENV = "FEATCACHE_DATA_DIR"
 FULL_DISK = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-
-
-def default_data_dir() -> Path:
-    """Where both stages keep caches, downloads and runs unless told otherwise.
-
-    ``$FEATCACHE_DATA_DIR`` if set; else ``data/`` of the source checkout the packages run
-    from (a ``pyproject.toml`` beside them); else ``~/.cache/featcache``. Never the working
-    directory, so both stages find the same files from anywhere.
-    """
-    if os.environ.get(DATA_DIR_ENV):
-        return Path(os.environ[DATA_DIR_ENV]).expanduser()
-    checkout = Path(__file__).resolve().parents[1]
-    if (checkout / "pyproject.toml").is_file():
-        return checkout / "data"
-    return Path.home() / ".cache" / "featcache"
 
 
 @dataclass(frozen=True)
@@ -359,12 +343,10 @@ class Assembler:
     stopped by :meth:`close`, and exits by itself when its parent dies (end of its input)."""
 
     def __init__(self) -> None:
-        package_root = str(Path(__file__).resolve().parents[1])
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-            p for p in (package_root, os.environ.get("PYTHONPATH")) if p)}
         self._child = subprocess.Popen(
-            [sys.executable, "-c", "from extract.cache import _assembly_main; _assembly_main()"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+            [sys.executable, "-c",
+             "from featcache.extract.cache.hdf5 import _assembly_main; _assembly_main()"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )
 
     def __enter__(self) -> Assembler:

@@ -24,7 +24,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from .errors import UsageError
+from featcache.errors import UsageError
 
 log = logging.getLogger(__name__)
 SHARD_ROWS = 1024

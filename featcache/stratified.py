@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from .errors import UsageError
+from featcache.errors import UsageError
 
 
 def stratified_split(

@@ -12,7 +12,12 @@ import torchvision
 from torch import nn
 from torchvision.models import WeightsEnum
 
-from .spec import BackboneSpec, LayerTap, WeightsUnavailableError, penultimate_node
+from featcache.extract.backbones.spec import (
+    BackboneSpec,
+    LayerTap,
+    WeightsUnavailableError,
+    penultimate_node,
+)
 
 # What torchvision itself sets when it loads these weights (``_ovewrite_named_param``), so a
 # randomly initialised model has the same graph; the auxiliary heads are dropped after loading.

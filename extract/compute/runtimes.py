@@ -1,11 +1,12 @@
 """Runtimes for the forward pass: a name maps to a function that compiles the taps module.
 
 ``compile(build, example, cache, threads) -> Compiled`` takes a function building the
-module of :func:`extract.backbones.make_feature_extractor`, an example input batch, where
+module of :func:`featcache.extract.backbones.registry.make_feature_extractor`, an example
+input batch, where
 an export may be kept and how many threads a runtime with threads of its own may use, and
 returns a forward callable with the module's contract, an input batch [B, 3, H, W] (the
 example's dtype: uint8 where the module starts with
-:class:`extract.preprocess.Normalize`; channels last in memory is fastest, as the
+:class:`featcache.extract.data.preprocess.Normalize`; channels last in memory is fastest, as the
 pipeline's batches are) -> {alias: tensor}, and how many calls of it may run at once from
 different threads (OpenVINO's streams; eager: one).
 
@@ -34,7 +35,7 @@ from types import MappingProxyType
 import torch
 from torch import nn
 
-from .errors import EnvironmentFault, UsageError
+from featcache.errors import EnvironmentFault, UsageError
 
 log = logging.getLogger(__name__)
 EXPORT_VERSION = 1  # of onnx_export: bump where a change alters the exported graph

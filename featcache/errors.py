@@ -1,6 +1,7 @@
 """The one error hierarchy of both stages; the command lines print these as one line.
 
-``exit_status`` is what ``python -m extract`` and ``python -m classify`` return: 2 for bad
+``exit_status`` is what ``python -m featcache.extract`` and ``python -m featcache.classify``
+return: 2 for bad
 input (an option, a dataset, a cache), 1 for a fault of the environment (a full disk, a
 read-only folder, weights that cannot be fetched).
 """

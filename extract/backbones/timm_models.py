@@ -22,8 +22,8 @@ from timm.layers import get_notrace_functions, get_notrace_modules
 from timm.models import PretrainedCfg, get_pretrained_cfg
 from torch import nn
 
-from .errors import UsageError
-from .spec import (
+from featcache.errors import UsageError
+from featcache.extract.backbones.spec import (
     BackboneSpec,
     LayerTap,
     UnknownNameError,

@@ -10,9 +10,14 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from .backbones import BackboneSpec, load_backbone, make_feature_extractor, resolve_layers
-from .errors import UsageError
-from .preprocess import normalize
+from featcache.errors import UsageError
+from featcache.extract.backbones.registry import (
+    BackboneSpec,
+    load_backbone,
+    make_feature_extractor,
+    resolve_layers,
+)
+from featcache.extract.data.preprocess import normalize
 
 MAPS_PER_LAYER = 8
 

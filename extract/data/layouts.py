@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UsageError
+from featcache.errors import UsageError
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Heads: the registry (one entry a head) and the estimators it names."""

@@ -1,0 +1,1 @@
+"""Backbones: the registry (one entry a network), its weights, preprocessing numbers and taps."""

@@ -1,0 +1,1 @@
+"""The forward pass: runtimes, the batch-size probe, the shard worker and the Ray engine."""

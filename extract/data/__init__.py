@@ -1,0 +1,1 @@
+"""Images in: datasets as users keep them, decoding, and the views the weights define."""
