@@ -46,7 +46,7 @@ def _as_numpy(forward: Callable[[torch.Tensor], dict[str, torch.Tensor]]) -> For
 
 
 def build_eager(net: torch.nn.Module, x: torch.Tensor) -> Forward:
-    """The tool's own eager runtime (channels-last; extract/runtimes.py)."""
+    """The tool's own eager runtime (channels-last; extract/compute/runtimes.py)."""
     return _as_numpy(compile_forward("eager", net, x, torch.device("cpu")).forward)
 
 
@@ -58,7 +58,7 @@ def build_compile(net: torch.nn.Module, x: torch.Tensor) -> Forward:
 def build_onnxruntime(net: torch.nn.Module, x: torch.Tensor) -> Forward:
     import onnxruntime as ort
 
-    data, names = onnx_export(net, x)  # the tool's own export (extract/runtimes.py)
+    data, names = onnx_export(net, x)  # the tool's own export (extract/compute/runtimes.py)
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
     session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
@@ -70,7 +70,7 @@ def build_onnxruntime(net: torch.nn.Module, x: torch.Tensor) -> Forward:
 
 
 def build_openvino(net: torch.nn.Module, x: torch.Tensor) -> Forward:
-    """The tool's own runtime (extract/runtimes.py)."""
+    """The tool's own runtime (extract/compute/runtimes.py)."""
     return _as_numpy(compile_forward("openvino", net, x, torch.device("cpu")).forward)
 
 

@@ -1,4 +1,4 @@
-"""``extract/pictures.py`` and ``python -m featcache.extract show``: filters and activation maps."""
+"""``extract/backbones/pictures.py`` and ``python -m featcache.extract show``: filters and activation maps."""
 
 from __future__ import annotations
 
