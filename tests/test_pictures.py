@@ -1,4 +1,4 @@
-"""``extract/backbones/pictures.py`` and ``python -m featcache.extract show``: filters and activation maps."""
+"""``python -m featcache.extract show`` (backbones/pictures.py): filters and activation maps."""
 
 from __future__ import annotations
 
