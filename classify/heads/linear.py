@@ -33,7 +33,7 @@ from sklearn.utils._param_validation import Interval
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from featcache.extract.compute.runtimes import torch_threads
+from featcache.threads import torch_threads
 
 logger = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 from tqdm.auto import tqdm
 
-from featcache.extract.compute.runtimes import torch_threads
+from featcache.threads import torch_threads
 
 logger = logging.getLogger(__name__)
 
