@@ -5,8 +5,8 @@ fits. ``PCA(whiten=True, svd_solver="covariance_eigh")`` makes no centred copy e
 float32 input it forms the uncentred ``X.T @ X`` in float32 and subtracts the mean's outer
 product, which loses the small-variance axes when the features' mean is large beside their
 spread; ``PCAWhiten`` centres each block before accumulating in float64 (measured:
-docs/classify.md, "PCAWhiten or scikit-learn's PCA"). Output is float32 whatever the input dtype (the ``preserves_dtype``
-tag says so); ``Standardize(copy=False)`` transforms in place.
+docs/classify.md, "PCAWhiten or scikit-learn's PCA"). Output is float32 whatever the input
+dtype (the ``preserves_dtype`` tag says so); ``Standardize(copy=False)`` transforms in place.
 """
 
 from __future__ import annotations
