@@ -50,13 +50,13 @@ def write_run(data_dir: Path, parts: Sequence[str], fill: Callable[[Path], None]
         name = "-".join([datetime.now().strftime(RUN_STAMP), *(slug(p) for p in parts)])
         final = root / f"{name}-{secrets.token_hex(3)}"
         os.rename(tmp, final)  # fails rather than replace a (never empty) finished run
-        fsync_dir(root)
-        return final
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(exc, OSError):
             raise environment_fault(exc, root, "nothing was kept") from None
         raise
+    fsync_dir(root)  # the rename survives a crash of the machine
+    return final
 
 
 def _remove_stale(root: Path) -> None:
