@@ -18,8 +18,8 @@ from featcache.classify.select import DEFAULT_DATASET
 from featcache.classify.transforms import DEFAULT_TRANSFORM, TRANSFORMS
 from featcache.classify.tsne import TsneConfig, make_tsne
 from featcache.errors import FeatcacheError
-from featcache.extract.compute.distributed import ENGINES
 from featcache.paths import default_data_dir
+from featcache.raysession import ENGINES
 
 CACHE_OPTIONS = ("backbone", "resolution", "crops", "pool", "dtype")
 HYPERPARAMETERS = tuple(sorted({name for spec in HEADS.values() for name in spec.options}))

@@ -17,8 +17,8 @@ from typing import Any, Protocol, TypeVar
 import torch
 from joblib import Parallel, delayed
 
-from featcache.extract.compute.distributed import check_engine, ray_session
-from featcache.extract.compute.runtimes import torch_threads
+from featcache.raysession import check_engine, ray_session
+from featcache.threads import torch_threads
 
 S = TypeVar("S")
 U = TypeVar("U")
@@ -81,7 +81,7 @@ class RayEngine:
 def engine_session(engine: str, n_jobs: int = 2) -> Iterator[Engine]:
     """The engine named ``engine`` (``local`` or ``ray``), ready for the duration of the block.
 
-    Ray connects as ``extract.distributed.ray_session`` does: an existing session, else
+    Ray connects as ``featcache.raysession.ray_session`` does: an existing session, else
     ``$RAY_ADDRESS``, else a local one with ``n_jobs`` CPUs.
     """
     check_engine(engine)

@@ -29,7 +29,7 @@ from featcache.classify.stats import mean_per_class, top1_interval, top_confusio
 from featcache.classify.transforms import DEFAULT_TRANSFORM, TRANSFORMS
 from featcache.errors import UsageError
 from featcache.extract.cache.hdf5 import FeatureCache
-from featcache.extract.compute.distributed import check_engine
+from featcache.raysession import check_engine
 
 logger = logging.getLogger(__name__)
 

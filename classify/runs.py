@@ -7,10 +7,8 @@ is there, so a crash, a full disk or a read-only folder leaves no half run behin
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
-import re
 import secrets
 import shutil
 import tempfile
@@ -22,26 +20,14 @@ from typing import Any
 
 import numpy as np
 
-from featcache.errors import EnvironmentFault
+from featcache.errors import environment_fault
+from featcache.files import fsync_dir, fsync_file, slug
 
 METRICS = "metrics.json"
 RUN_STAMP = "%Y%m%d-%H%M%S"  # local time; a run folder's name starts with it
 STALE_SECONDS = 3600  # a temporary folder lives for the seconds its files take to write
 
 Run = Mapping[str, Any]
-
-
-def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", text).strip("._") or "x"
-
-
-def environment_fault(exc: OSError, where: Path) -> EnvironmentFault:
-    """One line for a write that failed because of the machine (full disk, read-only, ...)."""
-    name = errno.errorcode.get(exc.errno or 0, "error")
-    return EnvironmentFault(
-        f"cannot write under {where}: {exc.strerror or exc} ({name}); nothing was kept; "
-        "free some space or make it writable, or choose another DATA_DIR="
-    )
 
 
 def write_run(data_dir: Path, parts: Sequence[str], fill: Callable[[Path], None]) -> Path:
@@ -55,18 +41,22 @@ def write_run(data_dir: Path, parts: Sequence[str], fill: Callable[[Path], None]
         _remove_stale(root)
         tmp = Path(tempfile.mkdtemp(prefix=".", suffix=".tmp", dir=root))
     except OSError as exc:
-        raise environment_fault(exc, root) from None
+        raise environment_fault(exc, root, "nothing was kept") from None
     try:
         fill(tmp)
+        for path in sorted(tmp.rglob("*")):
+            (fsync_file if path.is_file() else fsync_dir)(path)
+        fsync_dir(tmp)
         name = "-".join([datetime.now().strftime(RUN_STAMP), *(slug(p) for p in parts)])
         final = root / f"{name}-{secrets.token_hex(3)}"
         os.rename(tmp, final)  # fails rather than replace a (never empty) finished run
-        return final
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(exc, OSError):
-            raise environment_fault(exc, root) from None
+            raise environment_fault(exc, root, "nothing was kept") from None
         raise
+    fsync_dir(root)  # the rename survives a crash of the machine
+    return final
 
 
 def _remove_stale(root: Path) -> None:

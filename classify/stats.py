@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,22 +15,17 @@ def wilson(correct: int, n: int, level: float = LEVEL) -> tuple[float, float]:
     """Wilson score interval of a proportion ``correct / n`` (Newcombe 1998, method 3)."""
     if n <= 0:
         raise ValueError(f"an interval needs at least one trial, got n={n}")
-    z = float(stats.norm.ppf(0.5 + level / 2))
-    p = correct / n
-    centre = p + z * z / (2 * n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    scale = 1 + z * z / n
-    low = 0.0 if correct == 0 else (centre - half) / scale  # exact at the ends, not 1e-18
-    high = 1.0 if correct == n else (centre + half) / scale
-    return low, high
+    ci = stats.binomtest(int(correct), int(n)).proportion_ci(level, method="wilson")
+    return float(ci.low), float(ci.high)
 
 
 def student_t(values: Sequence[float], level: float = LEVEL) -> tuple[float, float]:
-    """Student-t interval of the mean of ``values`` (at least two)."""
+    """Student-t interval of the mean of ``values`` (at least two), clipped to [0, 1]."""
     values = np.asarray(values, dtype=np.float64)
-    half = float(stats.t.ppf(0.5 + level / 2, len(values) - 1)) * values.std(ddof=1)
-    half /= math.sqrt(len(values))
-    return max(0.0, values.mean() - half), min(1.0, values.mean() + half)
+    mean, sem = float(values.mean()), float(stats.sem(values))
+    low, high = (mean, mean) if sem == 0 else stats.t.interval(level, len(values) - 1,
+                                                                loc=mean, scale=sem)
+    return max(0.0, float(low)), min(1.0, float(high))
 
 
 def top1_interval(correct: Sequence[int], tested: Sequence[int]) -> tuple[list[float], str]:

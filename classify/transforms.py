@@ -1,9 +1,12 @@
 """Feature transforms fitted on training rows only; they work blockwise on float32.
 
 scikit-learn's ``StandardScaler`` builds a float64 temporary the size of its input while it
-fits, and ``PCA`` centres a copy; these versions keep memory at the input plus one block
-(``Standardize(copy=False)`` transforms in place). Output is float32 whatever the input
-dtype (the ``preserves_dtype`` tag says so).
+fits. ``PCA(whiten=True, svd_solver="covariance_eigh")`` makes no centred copy either, but on
+float32 input it forms the uncentred ``X.T @ X`` in float32 and subtracts the mean's outer
+product, which loses the small-variance axes when the features' mean is large beside their
+spread; ``PCAWhiten`` centres each block before accumulating in float64 (measured:
+docs/classify.md, "PCAWhiten or scikit-learn's PCA"). Output is float32 whatever the input
+dtype (the ``preserves_dtype`` tag says so); ``Standardize(copy=False)`` transforms in place.
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.preprocessing import FunctionTransformer, Normalizer
 from sklearn.utils import Tags
-from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted, validate_data
+
+from featcache.sklearn_compat import Interval
 
 BLOCK = 4096
 
@@ -75,23 +79,28 @@ class Standardize(_Float32Transform):
 
 
 class PCAWhiten(_Float32Transform):
-    """Centre, project on the top ``n_components`` principal axes, scale each to unit variance."""
+    """Centre, project on the top ``n_components`` principal axes (all ``min(n_samples,
+    n_features)`` by default), scale each to unit variance.
+
+    Memory beyond the input: the float64 ``n_features`` x ``n_features`` covariance, one
+    block of ``BLOCK`` rows, and the float32 output (``n_samples`` x ``n_components``).
+    """
 
     _parameter_constraints: ClassVar[dict] = {
-        "n_components": [Interval(Integral, 1, None, closed="left")]
+        "n_components": [Interval(Integral, 1, None, closed="left"), None]
     }
 
-    def __init__(self, n_components: int = 256) -> None:
+    def __init__(self, n_components: int | None = None) -> None:
         self.n_components = n_components
 
     def fit(self, X: np.ndarray, y: object = None) -> PCAWhiten:
         self._validate_params()
         X = validate_data(self, X, dtype=np.float32)
         limit = min(X.shape)
-        if self.n_components > limit:
+        k = limit if self.n_components is None else self.n_components
+        if k > limit:
             raise ValueError(
-                f"PCA to DIM={self.n_components} needs at most min(n_samples, n_features)="
-                f"{limit} components"
+                f"PCA to DIM={k} needs at most min(n_samples, n_features)={limit} components"
             )
         mean = _mean(X)
         cov = np.zeros((X.shape[1], X.shape[1]))
@@ -99,7 +108,8 @@ class PCAWhiten(_Float32Transform):
             centred = X[rows] - mean.astype(np.float32)
             cov += centred.T @ centred
         variances, axes = np.linalg.eigh(cov / len(X))
-        top = np.argsort(variances)[::-1][: self.n_components]
+        top = np.argsort(variances)[::-1][:k]
+        self.n_components_ = k
         self.mean_ = mean.astype(np.float32)
         self.explained_variance_ = variances[top]
         self.components_ = axes[:, top].T.astype(np.float32)
@@ -110,7 +120,7 @@ class PCAWhiten(_Float32Transform):
     def transform(self, X: np.ndarray) -> np.ndarray:
         check_is_fitted(self)
         X = validate_data(self, X, dtype=np.float32, reset=False)
-        out = np.empty((len(X), self.n_components), dtype=np.float32)
+        out = np.empty((len(X), self.n_components_), dtype=np.float32)
         for rows in _blocks(len(X)):
             out[rows] = (X[rows] - self.mean_) @ self.projection_
         return out

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,11 +14,11 @@ from sklearn.manifold import TSNE
 
 from featcache.classify.features import DEFAULT_LAYERS, Part, open_cache, read
 from featcache.classify.plots import plot_map
-from featcache.classify.runs import environment_fault, slug
 from featcache.classify.select import DEFAULT_DATASET, CacheQuery, resolve_cache
 from featcache.classify.splits import stratified_subset
 from featcache.classify.transforms import Standardize
-from featcache.errors import UsageError
+from featcache.errors import UsageError, environment_fault
+from featcache.files import atomic_write, slug
 
 logger = logging.getLogger(__name__)
 
@@ -71,13 +70,10 @@ def make_tsne(config: TsneConfig) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     name = "-".join([stamp, slug(dataset), slug(backbone), slug(layer), "tsne"])
     out = out_dir / f"{name}-{secrets.token_hex(2)}.png"
-    tmp = out_dir / f".{out.name}.tmp"
     title = f"t-SNE of {dataset} test features ({backbone}, {layer}, {len(X)} points)"
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        plot_map(points, block.y, names, tmp, title)
-        os.replace(tmp, out)
+        atomic_write(out, lambda fh: plot_map(points, block.y, names, fh, title))
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise environment_fault(exc, out_dir) from None
+        raise environment_fault(exc, out_dir, "nothing was kept") from None
     return out

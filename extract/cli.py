@@ -13,12 +13,12 @@ from featcache.errors import run_command
 from featcache.extract.backbones.pictures import show as show_pictures
 from featcache.extract.backbones.registry import get_spec, list_backbones
 from featcache.extract.cache.hdf5 import FeatureCache
-from featcache.extract.compute.distributed import ENGINES
 from featcache.extract.compute.runtimes import RUNTIMES
 from featcache.extract.config import DEVICES, DTYPES, FINGERPRINTS, POOLS, ExtractConfig
 from featcache.extract.data.datasets import DATASETS
 from featcache.extract.pipeline import describe_layers, run_extraction
 from featcache.paths import default_data_dir
+from featcache.raysession import ENGINES
 
 DEFAULTS = {f.name: f.default for f in fields(ExtractConfig)}
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 from featcache.errors import UsageError
 from featcache.extract.cache.shards import SHARD_ROWS
-from featcache.extract.compute.distributed import ENGINES
 from featcache.extract.compute.runtimes import RUNTIMES
 from featcache.extract.data.layouts import FINGERPRINT_MODES as FINGERPRINTS
 from featcache.extract.data.preprocess import VIEW_NAMES
 from featcache.paths import default_data_dir
+from featcache.raysession import ENGINES
 
 POOLS = ("avg", "max", "none")
 DTYPES = ("float16", "float32")

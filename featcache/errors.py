@@ -13,6 +13,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 
 class FeatcacheError(Exception):
@@ -39,20 +40,30 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised in the main thread so that clean-up runs as for Ctrl-C."""
 
 
-_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+FULL_DISK = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # no space, quota, file size limit
 _DENIED = (errno.EROFS, errno.EACCES, errno.EPERM)
 
 
-def describe_os_error(exc: OSError) -> str:
-    """One line for an OSError, with the fix where there is an obvious one."""
-    where = f" ({exc.filename})" if exc.filename else ""
+def describe_os_error(exc: OSError, where: Path | str | None = None) -> str:
+    """One line for an OSError (at ``exc.filename``, else ``where``), with the fix where there
+    is an obvious one."""
+    place = exc.filename or where
+    at = f" {place}" if place else ""
     reason = exc.strerror or str(exc)
-    if exc.errno in _FULL:
-        return f"disk full{where}: {reason}; free space and re-run the same command"
+    name = f" ({errno.errorcode[exc.errno]})" if exc.errno in errno.errorcode else ""
+    if exc.errno in FULL_DISK:
+        return (f"cannot write{at}: disk full: {reason}{name}; free space and re-run the same "
+                "command")
     if exc.errno in _DENIED:
-        return (f"cannot write{where}: {reason}; choose a writable data folder "
+        return (f"cannot write{at}: {reason}{name}; choose a writable data folder "
                 "(DATA_DIR=..., --data-dir, or FEATCACHE_DATA_DIR)")
-    return f"{reason}{where}"
+    return f"{reason}{name}{at and ':' + at}"
+
+
+def environment_fault(exc: OSError, where: Path | str | None = None,
+                      note: str = "") -> EnvironmentFault:
+    """:func:`describe_os_error` as the error to raise, ``note`` (what was kept) appended."""
+    return EnvironmentFault(describe_os_error(exc, where) + (f"; {note}" if note else ""))
 
 
 def run_command(prog: str, command: Callable[[], object], *, resume_hint: str = "") -> int:

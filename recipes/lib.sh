@@ -42,15 +42,14 @@ done_recipe() {  # record the recipe's wall time and machine for the results pag
   "$PY" - "$DATA_DIR/recipes/$RECIPE.json" "$RECIPE" "$STARTED" "$SECONDS" <<'PY'
 import json, os, platform, sys
 import torch
+from featcache.files import atomic_write
 path, name, started, seconds = sys.argv[1:]
 gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")),
            platform.processor())
 record = {"recipe": name, "started": started, "seconds": int(seconds), "gpu": gpu,
           "machine": f"{os.cpu_count()} CPU cores ({cpu})" + (f", {gpu}" if gpu else "")}
-with open(path + ".tmp", "w") as fh:
-    json.dump(record, fh, indent=2)
-os.replace(path + ".tmp", path)
+atomic_write(path, lambda fh: fh.write(json.dumps(record, indent=2).encode()))
 PY
   echo "$RECIPE: done in ${SECONDS} s"
 }

@@ -268,7 +268,7 @@ def test_run_records_selection_and_convergence(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def ray_engine():
     pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'featcache[ray]'")
-    from featcache.extract.compute.distributed import ray_session
+    from featcache.raysession import ray_session
 
     with ray_session(2) as ray:
         yield RayEngine(ray)

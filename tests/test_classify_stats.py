@@ -67,3 +67,7 @@ def test_top_confusions_are_named_and_ordered() -> None:
                                                                         ("a", "b", 3)]
     assert found[0]["rate"] == pytest.approx(4 / 6)
     assert top_confusions(np.eye(3, dtype=int), ["a", "b", "c"]) == []
+
+
+def test_student_t_of_identical_repeats_is_that_value() -> None:
+    assert student_t([0.5, 0.5, 0.5]) == (0.5, 0.5)

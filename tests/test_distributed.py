@@ -14,9 +14,9 @@ import torch
 
 from featcache.errors import UsageError
 from featcache.extract.cache.hdf5 import FeatureCache
-from featcache.extract.compute.distributed import check_engine, ray_session
 from featcache.extract.config import ExtractConfig
 from featcache.extract.pipeline import run_extraction
+from featcache.raysession import check_engine, ray_session
 
 ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'featcache[ray]')")
 psutil = pytest.importorskip("psutil", reason="psutil is needed to find the Ray workers")

@@ -9,11 +9,11 @@ from typing import ClassVar
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.utils._param_validation import Interval
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from featcache.memory import chunk_rows
+from featcache.sklearn_compat import Interval
 
 QUERY_BLOCK = 1024
 

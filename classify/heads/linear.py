@@ -28,12 +28,11 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, clone
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model._base import LinearClassifierMixin
-from sklearn.utils._param_validation import Interval
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from featcache.extract.compute.runtimes import torch_threads
+from featcache.sklearn_compat import Interval, LinearClassifierMixin
+from featcache.threads import torch_threads
 
 logger = logging.getLogger(__name__)
 

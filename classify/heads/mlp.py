@@ -22,12 +22,12 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval, InvalidParameterError, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 from tqdm.auto import tqdm
 
-from featcache.extract.compute.runtimes import torch_threads
+from featcache.sklearn_compat import Interval, InvalidParameterError, StrOptions
+from featcache.threads import torch_threads
 
 logger = logging.getLogger(__name__)
 

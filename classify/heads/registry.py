@@ -10,12 +10,12 @@ from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator
-from sklearn.utils._param_validation import InvalidParameterError
 
 from featcache.classify.heads.knn import CosineKNN
 from featcache.classify.heads.linear import LinearSVM, SoftmaxRegression
 from featcache.classify.heads.mlp import MLPHead
 from featcache.errors import UsageError
+from featcache.sklearn_compat import InvalidParameterError
 
 C_GRID = tuple(float(c) for c in np.logspace(-4, 1, 11))
 WEIGHT_DECAY_GRID = (1e-5, 1e-4, 1e-3)

@@ -8,7 +8,6 @@ Names: the registry below, any torchvision classifier (``resnet18``), or any tim
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from functools import cache
@@ -30,6 +29,7 @@ from featcache.extract.backbones.spec import (
 from featcache.extract.backbones.timm_models import PREFIX as TIMM_PREFIX
 from featcache.extract.backbones.timm_models import timm_spec
 from featcache.extract.backbones.torchvision_models import torchvision_spec
+from featcache.files import sha256_file
 
 __all__ = [
     "BackboneSpec",
@@ -179,11 +179,7 @@ class _Taps(nn.Module):
 
 @cache
 def _sha256(path: Path, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return sha256_file(path)  # cached per (path, size, mtime)
 
 
 def weights_sha256(spec: BackboneSpec) -> str | None:

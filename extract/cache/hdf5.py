@@ -44,8 +44,9 @@ import h5py
 import numpy as np
 from filelock import FileLock, Timeout
 
-from featcache.errors import CacheError, EnvironmentFault
+from featcache.errors import CacheError, environment_fault
 from featcache.extract.cache.shards import SHARD_ROWS, ShardSpec, ShardStore, shard_specs
+from featcache.files import publish, slug
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 2
@@ -53,7 +54,6 @@ PIPELINE_VERSION = 2
 SUFFIX = ".h5"
 READ_ROWS = 16384
 CHUNK_BYTES = 1 << 20
-FULL_DISK = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 @dataclass(frozen=True)
@@ -89,10 +89,6 @@ class CacheKey:
             f"-{self.digest()[:10]}{SUFFIX}"
         )
         return Path(root) / "cache" / folder / name
-
-
-def slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text).strip("._") or "x"
 
 
 def find_caches(root: Path | str) -> list[Path]:
@@ -327,9 +323,7 @@ def assemble(path: Path, store: ShardStore, plans: Mapping[str, SplitPlan],
     try:
         with contextlib.nullcontext(assembler) if assembler else Assembler() as child:
             child.run(job)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        publish(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     store.remove()
@@ -375,12 +369,8 @@ class Assembler:
             raise RuntimeError(
                 f"assembling {job.tmp} failed (exit code {self._child.returncode}):\n{message}"
             )
-        if code in FULL_DISK:
-            raise EnvironmentFault(
-                f"disk full while writing {job.tmp.with_suffix('')}: {message}; free space and "
-                "re-run the same command (the computed shards are kept)"
-            )
-        raise EnvironmentFault(f"cannot write {job.tmp.with_suffix('')}: {message}")
+        raise environment_fault(OSError(code, message, str(job.tmp.with_suffix(""))),
+                                note="the computed shards are kept")
 
 
 def _assembly_main() -> None:

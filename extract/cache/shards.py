@@ -14,17 +14,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import secrets
 import shutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 
 from featcache.errors import UsageError
+from featcache.files import atomic_write
 
 log = logging.getLogger(__name__)
 SHARD_ROWS = 1024
@@ -84,28 +82,6 @@ def finite_or_raise(layer: str, values: np.ndarray, dtype: np.dtype) -> np.ndarr
         f"layer {layer!r} has activations up to {peak:.4g}, beyond {dtype.name}'s range "
         f"({float(np.finfo(dtype).max):.6g}); store it with DTYPE=float32 (--dtype float32)"
     )
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(target: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Write ``target`` through a unique temporary name, fsync it, rename it into place."""
-    tmp = target.with_name(f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(target.parent)
 
 
 class ShardStore:

@@ -2,59 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 from collections import Counter, deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any
 
-from featcache.errors import EnvironmentFault, FeatcacheError, UsageError
+from featcache.errors import EnvironmentFault, FeatcacheError
+from featcache.raysession import ray_session
 
 log = logging.getLogger(__name__)
-ENGINES = ("local", "ray")
-INSTALL_HINT = "pip install 'featcache[ray]'"
-
-
-def check_engine(engine: str) -> None:
-    """Refuse an unknown engine, or ``ray`` where Ray is not installed."""
-    if engine not in ENGINES:
-        raise UsageError(f"unknown engine {engine!r}; valid: {', '.join(ENGINES)}")
-    if engine == "ray":
-        ray_module()
-
-
-def ray_module() -> ModuleType:
-    try:
-        import ray
-    except ImportError:
-        raise UsageError(f"ENGINE=ray needs Ray, which is not installed: {INSTALL_HINT}") from None
-    return ray
-
-
-@contextlib.contextmanager
-def ray_session(workers: int | None = None) -> Iterator[ModuleType]:
-    """Ray, connected: an existing session as it is; else ``$RAY_ADDRESS`` (``auto``: the
-    running cluster); else a local one with ``workers`` CPUs (all cores by default), shut
-    down on exit."""
-    ray = ray_module()
-    if ray.is_initialized():
-        yield ray
-        return
-    address = os.environ.get("RAY_ADDRESS") or None
-    local = {} if address else {"num_cpus": workers or os.cpu_count() or 1}
-    try:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, **local)
-    except ConnectionError as exc:
-        raise EnvironmentFault(f"cannot reach the Ray cluster at RAY_ADDRESS={address}: {exc}"
-                               ) from None
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
-
-
 MAX_ATTEMPTS = 3
 
 

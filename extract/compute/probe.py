@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import platform
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +21,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
+
+from featcache.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +236,4 @@ def _read(path: Path | None) -> dict[str, dict]:
 def _write(path: Path, table: dict[str, dict]) -> None:
     """Atomic replace: a reader sees the old table or the new one, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".probe-", suffix=".json")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(table, fh, indent=1)
-    os.replace(tmp, path)
+    atomic_write(path, lambda fh: fh.write(json.dumps(table, indent=1).encode()))

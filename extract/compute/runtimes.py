@@ -22,12 +22,9 @@ import importlib
 import importlib.util
 import io
 import logging
-import os
 import queue
-import tempfile
 import warnings
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -36,6 +33,7 @@ import torch
 from torch import nn
 
 from featcache.errors import EnvironmentFault, UsageError
+from featcache.files import atomic_write
 
 log = logging.getLogger(__name__)
 EXPORT_VERSION = 1  # of onnx_export: bump where a change alters the exported graph
@@ -121,10 +119,7 @@ def _cached_export(core: object, build: Build, example: torch.Tensor,
     if cache is not None:
         try:
             cache.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=cache.parent, prefix=".export-", suffix=".onnx")
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, cache)  # whole or absent
+            atomic_write(cache, lambda fh: fh.write(data))
         except OSError as exc:  # a convenience: the run goes on without it
             log.warning("could not keep the export at %s (%s)", cache, exc)
     return core.read_model(io.BytesIO(data))
@@ -199,17 +194,6 @@ RUNTIMES: Mapping[str, Runtime] = MappingProxyType(
         ),
     }
 )
-
-
-@contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run torch ops with ``n`` intra-op threads, restoring the previous count afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(max(1, n))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def glue_threads(runtime: str) -> int:

@@ -25,19 +25,19 @@ import torch
 
 from featcache.errors import UsageError
 from featcache.extract.backbones.registry import load_backbone, make_feature_extractor
-from featcache.extract.cache.hdf5 import slug
 from featcache.extract.cache.shards import ShardSpec, ShardStore
 from featcache.extract.compute.probe import Probe, cached_probe, choose_batch_size
 from featcache.extract.compute.runtimes import (
     EXPORT_VERSION,
     glue_threads,
     resolve_runtime,
-    torch_threads,
     usable_runtime,
 )
 from featcache.extract.config import FLATTEN_LIMIT
 from featcache.extract.data.preprocess import MakeViews, Normalize
 from featcache.extract.plan import ExtractPlan
+from featcache.files import slug
+from featcache.threads import torch_threads
 
 log = logging.getLogger(__name__)
 PREFETCH_BATCHES = 4

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from featcache.errors import UsageError
+from featcache.files import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -204,13 +205,5 @@ def fingerprint(
             st = os.stat(p)
             h.update(f"{i}|{st.st_size}|{st.st_mtime_ns}\n".encode())
         else:
-            h.update(f"{i}|{_file_sha256(p)}\n".encode())
-    return h.hexdigest()
-
-
-def _file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
+            h.update(f"{i}|{sha256_file(p)}\n".encode())
     return h.hexdigest()
