@@ -27,7 +27,6 @@ import numpy as np
 from featcache.errors import UsageError
 
 log = logging.getLogger(__name__)
-SHARD_ROWS = 1024
 MANIFEST = "manifest.json"
 
 

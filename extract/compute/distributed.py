@@ -11,9 +11,9 @@ from types import ModuleType
 from typing import Any
 
 from featcache.errors import EnvironmentFault, FeatcacheError, UsageError
+from featcache.options import ENGINES
 
 log = logging.getLogger(__name__)
-ENGINES = ("local", "ray")
 INSTALL_HINT = "pip install 'featcache[ray]'"
 
 

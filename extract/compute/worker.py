@@ -35,9 +35,9 @@ from featcache.extract.compute.runtimes import (
     torch_threads,
     usable_runtime,
 )
-from featcache.extract.config import FLATTEN_LIMIT
 from featcache.extract.data.preprocess import MakeViews, Normalize
 from featcache.extract.plan import ExtractPlan
+from featcache.options import FLATTEN_LIMIT
 
 log = logging.getLogger(__name__)
 PREFETCH_BATCHES = 4

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from featcache.errors import UsageError
+from featcache.options import FINGERPRINTS as FINGERPRINT_MODES
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,6 @@ IMAGE_EXTENSIONS = (
     ".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm"
 )
 SPLIT_NAMES = ("train", "val", "test")
-FINGERPRINT_MODES = ("stat", "content")
 MANIFEST_HEADERS = (("path", "label"), ("path", "label", "split"))
 _SKIPPED_DIRS = ("__MACOSX",)
 
