@@ -7,7 +7,8 @@ them. This module imports nothing heavier than the standard library and ``featca
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import argparse
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,8 @@ QUERY = "cache query"  # the options that narrow stage two's DATASET= to one cac
 class Option:
     """One option: its config field, flag, Make variable, type, default, help and bounds.
 
-    ``type`` is str, int, float, Path, bool (a switch) or tuple (comma-separated names).
+    ``type`` is str, int, float, Path, bool (a switch), tuple (comma-separated names) or
+    "positive_ints" (comma-separated sizes).
     ``keyed``: the value changes what the cache holds, so the stored rebuild command gives it.
     A float's bounds are exclusive, an int's inclusive.
     """
@@ -45,7 +47,7 @@ class Option:
     name: str
     flag: str
     make: str | None
-    type: type
+    type: type | str
     default: Any
     help: str
     commands: tuple[str, ...]
@@ -126,6 +128,24 @@ OPTIONS: tuple[Option, ...] = (
     Option("pool", "--pool", "POOL", str, None, "narrow to this pooling", _Q),
     Option("dtype", "--dtype", "DTYPE", str, None, "narrow to this storage type", _Q),
     # stage two, `classify fit` and `classify tsne`
+    Option("dataset", "--dataset", "DATASET", str, None,
+           "what `extract run --dataset` was given: a registered name, a folder or CSV path, "
+           "the folder's base name or the --name given (default: digits); exactly one cache "
+           "must match", _CLASSIFY),
+    Option("cache", "--cache", "CACHE", Path, None, "explicit cache file (.h5)", _CLASSIFY),
+    Option("layers", "--layer", "LAYER", tuple, ("pool",),
+           "layer name, or several joined by commas to concatenate", _CLASSIFY),
+    Option("model", "--model", "MODEL", str, "svm", "head", _F),
+    Option("transform", "--transform", "TRANSFORM", str, "standardize",
+           "feature transform fitted on training rows", _F),
+    Option("C", "--C", "C", float, None, "svm, logreg: inverse L2 strength", _F),
+    Option("hidden", "--hidden", "HIDDEN", "positive_ints", None,
+           "mlp*: hidden sizes, e.g. 4096,4096", _F),
+    Option("dropout", "--dropout", "DROPOUT", float, None, "mlp*: dropout probability", _F),
+    Option("weight_decay", "--weight-decay", "WEIGHT_DECAY", float, None,
+           "mlp*: Adam L2 weight decay", _F),
+    Option("epochs", "--epochs", "EPOCHS", int, None, "mlp*: training epochs", _F),
+    Option("n_neighbors", "--neighbors", "NEIGHBORS", int, None, "knn: k", _F),
     Option("train_size", "--train-size", "TRAIN_SIZE", int, None,
            "stratified subset of N training samples", _F, low=1),
     Option("shots", "--shots", "SHOTS", int, None, "K training samples per class", _F, low=1),
@@ -147,6 +167,11 @@ OPTIONS: tuple[Option, ...] = (
            _F, low=1),
     Option("points", "--points", "POINTS", int, 2000, "stratified sample of test points", _T,
            low=10),
+    Option("tag", "--tag", None, str, None,
+           "label stored with the run, to group runs (a recipe's name)", _F),
+    Option("skip_existing", "--skip-existing", "SKIP_EXISTING", bool, False,
+           "re-use a finished run of the same configuration (same cache fingerprint and "
+           "result-changing options) instead of fitting again", _F),
 )
 
 
@@ -167,23 +192,27 @@ def defaults(command: str) -> dict[str, Any]:
     return {o.name: o.default for o in options_for(command)}
 
 
-def check(command: str, values: Mapping[str, Any]) -> None:
-    """Raise ``UsageError`` naming the first value outside its option's choices or bounds."""
+def check(command: str, values: Mapping[str, Any], *, make_names: bool = False) -> None:
+    """Raise ``UsageError`` naming the first value outside its option's choices or bounds.
+
+    ``make_names``: the message names the value as its Make variable (``JOBS=0``).
+    """
     for o in options_for(command):
         value = values.get(o.name)
         if value is None or o.type is bool:
             continue
         if o.choices and value not in o.choices:
             raise UsageError(f"unknown {o.label} {value!r}; valid: {', '.join(o.choices)}")
-        if o.type is float and not (
+        said = f"{o.make}={value}" if make_names and o.make else f"{o.label} {value}"
+        if o.type is float and (o.low is not None or o.high is not None) and not (
             (o.low is None or value > o.low) and (o.high is None or value < o.high)
         ):
-            raise UsageError(f"{o.label} {value} must be in ({o.low}, {o.high})")
+            raise UsageError(f"{said} must be in ({o.low:g}, {o.high:g})")
         if o.type is int and (
             (o.low is not None and value < o.low) or (o.high is not None and value > o.high)
         ):
             bounds = f"between {o.low} and {o.high}" if o.high is not None else f">= {o.low}"
-            raise UsageError(f"{o.label} {value} is out of range; it must be {bounds}")
+            raise UsageError(f"{said} is out of range; it must be {bounds}")
 
 
 def views_per_split(crops: str, splits: Mapping[str, object] | tuple[str, ...]) -> dict[str, int]:
@@ -213,24 +242,48 @@ def _views(text: str) -> int:
     return n
 
 
-def add_arguments(parser: Any, command: str, skip: tuple[str, ...] = ()) -> None:
-    """Add ``command``'s options (but ``skip``) to an argparse parser, help and defaults included.
+def add_arguments(
+    parser: Any,
+    command: str,
+    only: tuple[str, ...] | None = None,
+    choices: Mapping[str, Sequence[str]] | None = None,
+) -> None:
+    """Add ``command``'s options (or ``only`` those) to an argparse parser or group.
 
-    Choices are checked by the config, not by argparse, so the error lists them in one line.
+    The table's choices are checked by the config, so the error lists them in one line;
+    ``choices`` (a registry's names) are handed to argparse.
     """
+    choices = choices or {}
     for o in options_for(command):
-        if o.name in skip:
+        if only is not None and o.name not in only:
             continue
-        shown = f"{', '.join(o.choices)}: " if o.choices else ""
-        default = default_data_dir() if o.type is Path and o.default is None else o.default
+        names = tuple(choices.get(o.name, o.choices))
+        shown = f"{', '.join(names)}: " if names else ""
+        default = default_data_dir() if o.name == "data_dir" else o.default
         if o.type is bool:
             parser.add_argument(o.flag, dest=o.name, action="store_true", help=shown + o.help)
             continue
         suffix = f" [{','.join(default) if o.type is tuple else '%(default)s'}]" if (
             default is not None and not o.help.endswith("]")) else ""
-        parser.add_argument(o.flag, dest=o.name, type=_names if o.type is tuple else o.type,
-                            default=default, help=shown + o.help + suffix)
+        extra = {"choices": list(names)} if o.name in choices else {}
+        parser.add_argument(o.flag, dest=o.name, type=_PARSERS.get(o.type, o.type),
+                            default=default, help=shown + o.help + suffix, **extra)
 
 
 def _names(text: str) -> tuple[str, ...]:
     return tuple(p.strip() for p in text.split(",") if p.strip())
+
+
+def _positive_ints(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated positive integers, got {text!r}"
+        )
+    return sizes
+
+
+_PARSERS: dict[Any, Any] = {tuple: _names, "positive_ints": _positive_ints}
