@@ -7,11 +7,19 @@ import argparse
 import re
 import shlex
 import subprocess
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
 from featcache import options
+from featcache.classify import cli as classify_cli
+from featcache.classify.experiment import FitConfig
+from featcache.classify.features import DEFAULT_LAYERS
+from featcache.classify.heads.registry import DEFAULT_HEAD
+from featcache.classify.select import CacheFields, CacheQuery
+from featcache.classify.transforms import DEFAULT_TRANSFORM
+from featcache.classify.tsne import TsneConfig
 from featcache.errors import UsageError
 from featcache.extract import cli as extract_cli
 from featcache.extract.cache.hdf5 import FeatureCache
@@ -164,3 +172,35 @@ def test_docs_tables_agree_with_the_option_table(path, header, commands):
         if shown and o.default is not None:
             default = ",".join(o.default) if o.type is tuple else str(o.default)
             assert shown.group(1) == default, make
+
+
+def test_stage_two_defaults_are_the_tables():
+    table = tuple(options.option(options.FIT, n).default for n in ("model", "transform", "layers"))
+    assert table == (DEFAULT_HEAD, DEFAULT_TRANSFORM, DEFAULT_LAYERS)
+    parser = classify_cli.build_parser()
+    for command, name in ((options.FIT, "fit"), (options.TSNE, "tsne")):
+        args = parser.parse_args([name])
+        for o in options.options_for(command):
+            if o.name != "data_dir":
+                assert getattr(args, o.name) == o.default, (name, o.name)
+    config = FitConfig(data_dir=Path("."))
+    for o in options.options_for(options.FIT):
+        if hasattr(config, o.name) and o.name != "data_dir":
+            assert getattr(config, o.name) == o.default, o.name
+
+
+@pytest.mark.parametrize(
+    "o", [o for o in options.options_for(options.FIT) if o.low is not None or o.choices],
+    ids=lambda o: o.name)
+def test_fit_config_refuses_what_the_table_refuses(o):
+    bad = "nope" if o.choices else o.type(o.low) - (0 if o.type is float else 1)
+    with pytest.raises(UsageError, match=re.escape(f"{o.make}={bad}") if not o.choices
+                       else f"unknown {o.label} 'nope'"):
+        FitConfig(data_dir=Path("."), **{o.name: bad})
+
+
+def test_narrowing_fields_are_written_once():
+    names = {o.name for o in options.options_for(options.QUERY)}
+    for config in (CacheQuery, FitConfig, TsneConfig):
+        assert issubclass(config, CacheFields)
+    assert {f.name for f in fields(CacheFields)} == names
