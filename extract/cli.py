@@ -16,7 +16,7 @@ from featcache.extract.cache.hdf5 import FeatureCache
 from featcache.extract.config import ExtractConfig
 from featcache.extract.data.datasets import DATASETS
 from featcache.extract.pipeline import describe_layers, run_extraction
-from featcache.options import EXTRACT, add_arguments, defaults
+from featcache.options import EXTRACT, add_arguments, comma_names, defaults
 
 DEFAULTS = defaults(EXTRACT)
 
@@ -24,10 +24,6 @@ DEFAULTS = defaults(EXTRACT)
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2, no usage dump
         self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def _csv(text: str) -> tuple[str, ...]:
-    return tuple(p.strip() for p in text.split(",") if p.strip())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--backbone", default=DEFAULTS["backbone"], help="[%(default)s]")
     show.add_argument("--image", type=Path, required=True, help="any image file")
     show.add_argument(
-        "--layers", type=_csv, default=("block1", "block7"),
+        "--layers", type=comma_names, default=("block1", "block7"),
         help="convolutional taps to show [block1,block7]",
     )
     show.add_argument("--out", type=Path, default=Path("data/pictures"), help="[%(default)s]")

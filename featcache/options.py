@@ -270,7 +270,8 @@ def add_arguments(
                             default=default, help=shown + o.help + suffix, **extra)
 
 
-def _names(text: str) -> tuple[str, ...]:
+def comma_names(text: str) -> tuple[str, ...]:
+    """``"a, b,"`` -> ``("a", "b")``."""
     return tuple(p.strip() for p in text.split(",") if p.strip())
 
 
@@ -286,4 +287,4 @@ def _positive_ints(text: str) -> tuple[int, ...]:
     return sizes
 
 
-_PARSERS: dict[Any, Any] = {tuple: _names, "positive_ints": _positive_ints}
+_PARSERS: dict[Any, Any] = {tuple: comma_names, "positive_ints": _positive_ints}

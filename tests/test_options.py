@@ -199,6 +199,11 @@ def test_fit_config_refuses_what_the_table_refuses(o):
         FitConfig(data_dir=Path("."), **{o.name: bad})
 
 
+def test_every_head_hyperparameter_has_a_flag():
+    names = {o.name for o in options.options_for(options.FIT)}
+    assert set(classify_cli.HYPERPARAMETERS) <= names
+
+
 def test_narrowing_fields_are_written_once():
     names = {o.name for o in options.options_for(options.QUERY)}
     for config in (CacheQuery, FitConfig, TsneConfig):
