@@ -25,6 +25,8 @@ FINGERPRINT ?= stat
 LIMIT     ?=
 SKIP_BAD  ?=
 FORCE     ?=
+SHARD_ROWS ?=
+TEST_FRACTION ?=
 
 # stage two
 MODEL     ?= svm
@@ -42,6 +44,8 @@ TRANSFORM ?=
 REPEATS   ?=
 RESPLIT   ?=
 SEED      ?= 0
+VAL_SIZE  ?=
+POINTS    ?=
 JOBS      ?=
 CACHE     ?=
 SKIP_EXISTING ?=
@@ -58,7 +62,8 @@ EXTRACT_ARGS = --dataset $(call q,$(DATASET)) --backbone $(call q,$(BACKBONE)) \
 	--fingerprint $(call q,$(FINGERPRINT)) $(call opt,--name,$(NAME)) \
 	$(call opt,--batch-size,$(BATCH)) $(call opt,--workers,$(WORKERS)) \
 	$(call opt,--data-dir,$(DATA_DIR)) $(call opt,--res,$(RES)) $(call opt,--limit,$(LIMIT)) \
-	$(call flag,--skip-bad,$(SKIP_BAD)) $(call flag,--force,$(FORCE))
+	$(call opt,--shard-rows,$(SHARD_ROWS)) $(call opt,--test-fraction,$(TEST_FRACTION)) \
+	$(call opt,--seed,$(SEED)) $(call flag,--skip-bad,$(SKIP_BAD)) $(call flag,--force,$(FORCE))
 
 # Stage two narrows DATASET= by a cache option only where it is given on the command line.
 given = $(if $(and $(filter command line,$(origin $(2))),$(strip $($(2)))),$(1) $(call q,$($(2))))
@@ -67,14 +72,18 @@ CACHE_OPTIONS = $(call given,--backbone,BACKBONE) $(call given,--res,RES) \
 SOURCE = $(if $(strip $(CACHE)),--cache $(call q,$(CACHE)),--dataset $(call q,$(DATASET)) \
 	$(CACHE_OPTIONS))
 
-CLASSIFY_ARGS = $(SOURCE) --model $(MODEL) --layer $(LAYER) --seed $(SEED) \
+CLASSIFY_ARGS = $(SOURCE) --model $(call q,$(MODEL)) --layer $(call q,$(LAYER)) --seed $(SEED) \
 	$(call opt,--data-dir,$(DATA_DIR)) $(call opt,--C,$(C)) $(call opt,--train-size,$(TRAIN_SIZE)) \
 	$(call opt,--shots,$(SHOTS)) $(call opt,--hidden,$(HIDDEN)) $(call opt,--dropout,$(DROPOUT)) \
 	$(call opt,--weight-decay,$(WEIGHT_DECAY)) $(call opt,--epochs,$(EPOCHS)) \
 	$(call opt,--neighbors,$(NEIGHBORS)) --engine $(call q,$(ENGINE)) $(call opt,--jobs,$(JOBS)) \
 	$(call opt,--dim,$(DIM)) $(call opt,--transform,$(TRANSFORM)) \
 	$(call opt,--repeats,$(REPEATS)) $(call opt,--resplit,$(RESPLIT)) \
+	$(call opt,--val-size,$(VAL_SIZE)) \
 	$(call flag,--skip-existing,$(SKIP_EXISTING))
+
+TSNE_ARGS = $(SOURCE) --layer $(call q,$(LAYER)) --seed $(SEED) $(call opt,--points,$(POINTS)) \
+	$(call opt,--data-dir,$(DATA_DIR))
 
 # the source experiments (recipes/*.sh), in an order that builds each cache once
 RECIPES   := iorga durr pictures depth hertel lite2
@@ -110,7 +119,7 @@ results: $(STAMP)
 	$(BIN)/python -m featcache.classify results $(call opt,--data-dir,$(DATA_DIR)) $(if $(filter command line,$(origin DATASET)),--dataset $(call q,$(DATASET)))
 
 tsne: $(STAMP)
-	$(BIN)/python -m featcache.classify tsne $(SOURCE) --layer $(LAYER) $(call opt,--data-dir,$(DATA_DIR))
+	$(BIN)/python -m featcache.classify tsne $(TSNE_ARGS)
 
 reproduce: $(addprefix reproduce-,$(RECIPES))  ## every recipe, then docs/results.md
 	$(MAKE) --no-print-directory results-page

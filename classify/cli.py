@@ -11,18 +11,17 @@ from pathlib import Path
 from typing import NoReturn
 
 from featcache.classify.experiment import FitConfig, run_experiment
-from featcache.classify.features import DEFAULT_LAYERS
-from featcache.classify.heads.registry import DEFAULT_HEAD, HEADS
+from featcache.classify.heads.registry import HEADS
 from featcache.classify.runs import format_results, load_runs, pct
-from featcache.classify.select import DEFAULT_DATASET
-from featcache.classify.transforms import DEFAULT_TRANSFORM, TRANSFORMS
+from featcache.classify.transforms import TRANSFORMS
 from featcache.classify.tsne import TsneConfig, make_tsne
 from featcache.errors import FeatcacheError
+from featcache.options import FIT, QUERY, TSNE, add_arguments, options_for
 from featcache.paths import default_data_dir
-from featcache.raysession import ENGINES
 
-CACHE_OPTIONS = ("backbone", "resolution", "crops", "pool", "dtype")
+CACHE_OPTIONS = tuple(o.name for o in options_for(QUERY))
 HYPERPARAMETERS = tuple(sorted({name for spec in HEADS.values() for name in spec.options}))
+PROTOCOL = ("train_size", "shots", "repeats", "resplit", "val_size", "seed", "jobs", "engine")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -32,42 +31,13 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        sizes = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        sizes = ()
-    if not sizes or min(sizes) < 1:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated positive integers, got {text!r}"
-        )
-    return sizes
-
-
-def _names(text: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in text.split(",") if part.strip())
-
-
-def _source_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-dir", type=Path,
-                        default=default_data_dir(),
-                        help="data folder holding cache/ and runs/ (env FEATCACHE_DATA_DIR; "
-                        "default: %(default)s)")
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--dataset", help="what `extract run --dataset` was given: a registered "
-                        "name, a folder or CSV path, the folder's base name or the --name given "
-                        f"(default: {DEFAULT_DATASET}); exactly one cache must match")
-    source.add_argument("--cache", type=Path, help="explicit cache file (.h5)")
-    parser.add_argument("--layer", dest="layers", type=_names, default=DEFAULT_LAYERS,
-                        help="layer name, or several joined by commas to concatenate "
-                        f"(default: {','.join(DEFAULT_LAYERS)})")
-    narrow = parser.add_argument_group(
-        "cache options (where several caches of the dataset exist, pick one as extracted)")
-    narrow.add_argument("--backbone")
-    narrow.add_argument("--res", dest="resolution", type=int)
-    narrow.add_argument("--crops")
-    narrow.add_argument("--pool")
-    narrow.add_argument("--dtype")
+def _source_options(parser: argparse.ArgumentParser, command: str) -> None:
+    add_arguments(parser, command, only=("data_dir",))
+    add_arguments(parser.add_mutually_exclusive_group(), command, only=("dataset", "cache"))
+    add_arguments(parser, command, only=("layers",))
+    add_arguments(parser.add_argument_group(
+        "cache options (where several caches of the dataset exist, pick one as extracted)"),
+        QUERY)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,40 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
     fit = commands.add_parser("fit", help="choose, refit and test one head; write a run folder",
                               description="Choose hyperparameters on a stratified validation "
                               "split of the training rows, refit on all of them, test once.")
-    _source_options(fit)
-    heads = ", ".join(f"{name}: {spec.summary}" for name, spec in HEADS.items())
-    fit.add_argument("--model", choices=list(HEADS), default=DEFAULT_HEAD,
-                     help=f"head (default: %(default)s). {heads}")
-    fit.add_argument("--transform", choices=list(TRANSFORMS), default=DEFAULT_TRANSFORM,
-                     help="feature transform fitted on training rows (default: %(default)s)")
-    fit.add_argument("--dim", type=int, help="output dimension of --transform pca (default 256)")
-    fixed = fit.add_argument_group("hyperparameters (a given value is fixed and not swept)")
-    fixed.add_argument("--C", type=float, help="svm, logreg: inverse L2 strength")
-    fixed.add_argument("--hidden", type=_int_list, help="mlp*: hidden sizes, e.g. 4096,4096")
-    fixed.add_argument("--dropout", type=float, help="mlp*: dropout probability")
-    fixed.add_argument("--weight-decay", type=float, help="mlp*: Adam L2 weight decay")
-    fixed.add_argument("--epochs", type=int, help="mlp*: training epochs")
-    fixed.add_argument("--neighbors", dest="n_neighbors", type=int, help="knn: k")
-    data = fit.add_argument_group("protocol")
-    data.add_argument("--train-size", type=int, help="stratified subset of N training samples")
-    data.add_argument("--shots", type=int, help="K training samples per class")
-    data.add_argument("--repeats", type=int, help="repeat with seeds SEED, SEED+1, ... and "
-                      "report mean and spread (default: 5 with --shots, else 1)")
-    data.add_argument("--resplit", type=float, metavar="TEST_FRACTION",
-                      help="re-split train+test stratified with each repeat's seed "
-                      "(only for caches without an official split)")
-    data.add_argument("--val-size", type=float, default=0.1,
-                      help="validation fraction of the training rows (default: %(default)s)")
-    data.add_argument("--seed", type=int, default=0, help="seed of every random choice")
-    data.add_argument("--jobs", type=int, default=2, help="parallel sweep workers")
-    data.add_argument("--engine", choices=ENGINES, default="local",
-                      help="where the sweep's units and the repeats run: threads here, or Ray "
-                      "tasks (RAY_ADDRESS, else a local Ray with --jobs CPUs; default: "
-                      "%(default)s)")
-    fit.add_argument("--tag", help="label stored with the run, to group runs (a recipe's name)")
-    fit.add_argument("--skip-existing", action="store_true",
-                     help="re-use a finished run of the same configuration (same cache "
-                     "fingerprint and result-changing options) instead of fitting again")
+    _source_options(fit, FIT)
+    heads = "; ".join(f"{name}: {spec.summary}" for name, spec in HEADS.items())
+    add_arguments(fit, FIT, only=("model", "transform", "dim"),
+                  choices={"model": list(HEADS), "transform": list(TRANSFORMS)})
+    fit.epilog = f"heads: {heads}"
+    add_arguments(fit.add_argument_group("hyperparameters (a given value is fixed and not swept)"),
+                  FIT, only=HYPERPARAMETERS)
+    add_arguments(fit.add_argument_group("protocol"), FIT, only=PROTOCOL)
+    add_arguments(fit, FIT, only=("tag", "skip_existing"))
 
     results = commands.add_parser("results", help="every run so far, one table per dataset, "
                                   "best validation score first")
@@ -121,10 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     results.add_argument("--tag", help="only runs with this tag")
 
     tsne = commands.add_parser("tsne", help="2-D t-SNE map of test features (PNG)")
-    _source_options(tsne)
-    tsne.add_argument("--points", type=int, default=2000,
-                      help="stratified sample of test points (default: %(default)s)")
-    tsne.add_argument("--seed", type=int, default=0)
+    _source_options(tsne, TSNE)
+    add_arguments(tsne, TSNE, only=("points", "seed"))
     return parser
 
 

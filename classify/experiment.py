@@ -10,26 +10,26 @@ import shlex
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import joblib
 import numpy as np
 
+from featcache import options
 from featcache.classify.engines import Engine, LocalEngine, engine_session
 from featcache.classify.features import DEFAULT_LAYERS, Block, Part, open_cache, read
 from featcache.classify.heads.registry import DEFAULT_HEAD, HEADS, SWEPT, build_head
 from featcache.classify.plots import plot_confusion
 from featcache.classify.protocol import evaluate, select_and_refit
 from featcache.classify.runs import METRICS, find_run, write_json, write_run
-from featcache.classify.select import DEFAULT_DATASET, CacheQuery, resolve_cache
+from featcache.classify.select import DEFAULT_DATASET, CacheFields, CacheQuery, resolve_cache
 from featcache.classify.splits import per_class, stratified_split, stratified_subset
 from featcache.classify.stats import mean_per_class, top1_interval, top_confusions
 from featcache.classify.transforms import DEFAULT_TRANSFORM, TRANSFORMS
 from featcache.errors import UsageError
 from featcache.extract.cache.hdf5 import FeatureCache
-from featcache.raysession import check_engine
 
 logger = logging.getLogger(__name__)
 
@@ -42,9 +42,12 @@ NOT_HASHED = ("data_dir", "dataset", "cache", "backbone", "resolution", "crops",
               "jobs", "engine", "tag", "command", "skip_existing")
 
 
+_D = options.defaults(options.FIT)
+
+
 @dataclass(frozen=True)
-class FitConfig:
-    """Everything a ``fit`` run depends on; checked on construction."""
+class FitConfig(CacheFields):
+    """Everything a ``fit`` run depends on; defaults and bounds from ``featcache.options``."""
 
     data_dir: Path
     dataset: str | None = None
@@ -52,27 +55,23 @@ class FitConfig:
     model: str = DEFAULT_HEAD
     layers: tuple[str, ...] = DEFAULT_LAYERS
     transform: str = DEFAULT_TRANSFORM
-    dim: int | None = None
+    dim: int | None = _D["dim"]
     params: Mapping[str, Any] = field(default_factory=dict)
-    train_size: int | None = None
-    shots: int | None = None
-    repeats: int | None = None
-    resplit: float | None = None
-    val_size: float = 0.1
-    seed: int = 0
-    jobs: int = 2
-    engine: str = "local"
+    train_size: int | None = _D["train_size"]
+    shots: int | None = _D["shots"]
+    repeats: int | None = _D["repeats"]
+    resplit: float | None = _D["resplit"]
+    val_size: float = _D["val_size"]
+    seed: int = _D["seed"]
+    jobs: int = _D["jobs"]
+    engine: str = _D["engine"]
     tag: str | None = None
     command: str = ""
     skip_existing: bool = False
-    backbone: str | None = None  # these five narrow `dataset` to one of its caches
-    resolution: int | None = None
-    crops: str | None = None
-    pool: str | None = None
-    dtype: str | None = None
 
     def __post_init__(self) -> None:
-        check_engine(self.engine)
+        options.check(options.FIT, {f.name: getattr(self, f.name) for f in fields(self)},
+                      make_names=True)
         if self.model not in HEADS:
             raise UsageError(f"unknown head {self.model!r}; valid: {', '.join(HEADS)}")
         if self.transform not in TRANSFORMS:
@@ -83,15 +82,8 @@ class FitConfig:
             raise UsageError(f"LAYER={','.join(self.layers)!r}: give distinct layer names")
         if self.dim is not None and self.transform != "pca":
             raise UsageError(f"DIM={self.dim} applies only to TRANSFORM=pca")
-        for name, value in (("DIM", self.dim), ("TRAIN_SIZE", self.train_size),
-                            ("SHOTS", self.shots), ("REPEATS", self.repeats), ("JOBS", self.jobs)):
-            if value is not None and value < 1:
-                raise UsageError(f"{name}={value} must be a positive integer")
         if self.train_size is not None and self.shots is not None:
             raise UsageError("give TRAIN_SIZE or SHOTS, not both")
-        for name, value in (("VAL_SIZE", self.val_size), ("RESPLIT", self.resplit)):
-            if value is not None and not 0 < value < 1:
-                raise UsageError(f"{name}={value} must be a fraction in (0, 1)")
 
     @property
     def n_repeats(self) -> int:
@@ -102,8 +94,8 @@ class FitConfig:
     @property
     def query(self) -> CacheQuery:
         """The cache this run asks for, as ``make extract`` would name it."""
-        return CacheQuery(self.dataset or DEFAULT_DATASET, self.backbone, self.resolution,
-                          self.crops, self.pool, self.dtype, self.layers)
+        return CacheQuery(dataset=self.dataset or DEFAULT_DATASET, layers=self.layers,
+                          **self.cache_fields())
 
     def digest(self, cache_fingerprint: str) -> str:
         """Hash of the cache's fingerprint and every option that changes the result."""

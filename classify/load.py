@@ -34,7 +34,8 @@ def find_cache(
 ) -> Path:
     """The one cache file of ``dataset`` (name or path) with these options, as ``make classify``
     finds it; an error lists the candidates when several match."""
-    query = CacheQuery(dataset, backbone, resolution, crops, pool, dtype, _layers(layers))
+    query = CacheQuery(dataset=dataset, backbone=backbone, resolution=resolution, crops=crops,
+                       pool=pool, dtype=dtype, layers=_layers(layers))
     return resolve_cache(Path(data_dir or default_data_dir()), query)
 
 

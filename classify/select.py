@@ -20,6 +20,7 @@ from typing import Any
 
 from featcache.errors import CacheError, UsageError
 from featcache.extract.cache.hdf5 import FeatureCache, find_caches
+from featcache.options import QUERY, options_for, views_per_split
 
 logger = logging.getLogger(__name__)
 
@@ -35,25 +36,31 @@ class Option:
     key: str
 
 
-OPTIONS = (
-    Option("backbone", "BACKBONE", "backbone"),
-    Option("resolution", "RES", "resolution"),
-    Option("crops", "CROPS", "views"),
-    Option("pool", "POOL", "pool"),
-    Option("dtype", "DTYPE", "dtype"),
-)
+METADATA_KEYS = {"crops": "views"}  # where the cache's metadata names a field otherwise
+OPTIONS = tuple(Option(o.name, o.make or o.name, METADATA_KEYS.get(o.name, o.name))
+                for o in options_for(QUERY))
 
 
-@dataclass(frozen=True)
-class CacheQuery:
-    """What a user said about the cache they want; ``None`` means "any"."""
+@dataclass(frozen=True, kw_only=True)
+class CacheFields:
+    """The options that narrow a dataset to one of its caches (``featcache.options.QUERY``);
+    ``None`` means "any". Shared by the query, ``FitConfig`` and ``TsneConfig``."""
 
-    dataset: str = DEFAULT_DATASET
     backbone: str | None = None
     resolution: int | None = None
     crops: str | None = None
     pool: str | None = None
     dtype: str | None = None
+
+    def cache_fields(self) -> dict[str, Any]:
+        return {o.field: getattr(self, o.field) for o in OPTIONS}
+
+
+@dataclass(frozen=True)
+class CacheQuery(CacheFields):
+    """What a user said about the cache they want: a dataset, the narrowing options, layers."""
+
+    dataset: str = DEFAULT_DATASET
     layers: tuple[str, ...] = ()
 
     def given(self) -> list[Option]:
@@ -191,9 +198,7 @@ def _matches(candidate: Candidate, option: Option, query: CacheQuery) -> bool:
 
 def _views(crops: str, stored: dict[str, int]) -> dict[str, int]:
     """``CROPS`` text as views per split, parsed by stage one's own rule."""
-    from featcache.extract.config import ExtractConfig
-
-    return ExtractConfig(crops=crops).views_per_split(stored or {"train": 1, "test": 1})
+    return views_per_split(crops, stored or {"train": 1, "test": 1})
 
 
 def _tell_apart(matches: list[Candidate]) -> str:

@@ -12,42 +12,37 @@ import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
 
+from featcache import options
 from featcache.classify.features import DEFAULT_LAYERS, Part, open_cache, read
 from featcache.classify.plots import plot_map
-from featcache.classify.select import DEFAULT_DATASET, CacheQuery, resolve_cache
+from featcache.classify.select import DEFAULT_DATASET, CacheFields, CacheQuery, resolve_cache
 from featcache.classify.splits import stratified_subset
 from featcache.classify.transforms import Standardize
-from featcache.errors import UsageError, environment_fault
+from featcache.errors import environment_fault
 from featcache.files import atomic_write, slug
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class TsneConfig:
+class TsneConfig(CacheFields):
     """Which cache and layers to map, how many test points, which seed."""
 
     data_dir: Path
     dataset: str | None = None
     cache: Path | None = None
     layers: tuple[str, ...] = DEFAULT_LAYERS
-    points: int = 2000
-    seed: int = 0
-    backbone: str | None = None
-    resolution: int | None = None
-    crops: str | None = None
-    pool: str | None = None
-    dtype: str | None = None
+    points: int = options.option(options.TSNE, "points").default
+    seed: int = options.option(options.TSNE, "seed").default
 
     def __post_init__(self) -> None:
-        if self.points < 10:
-            raise UsageError(f"POINTS={self.points}: a map needs at least 10 points")
+        options.check(options.TSNE, {"points": self.points, "seed": self.seed}, make_names=True)
 
 
 def make_tsne(config: TsneConfig) -> Path:
     """Embed a stratified sample of test features (centre view, standardised, PCA-50) in 2-D."""
-    query = CacheQuery(config.dataset or DEFAULT_DATASET, config.backbone, config.resolution,
-                       config.crops, config.pool, config.dtype, config.layers)
+    query = CacheQuery(dataset=config.dataset or DEFAULT_DATASET, layers=config.layers,
+                       **config.cache_fields())
     path = resolve_cache(config.data_dir, query, config.cache)
     with open_cache(path, config.layers, splits=("test",)) as cache:
         labels = cache.labels("test")

@@ -13,23 +13,17 @@ from featcache.errors import run_command
 from featcache.extract.backbones.pictures import show as show_pictures
 from featcache.extract.backbones.registry import get_spec, list_backbones
 from featcache.extract.cache.hdf5 import FeatureCache
-from featcache.extract.compute.runtimes import RUNTIMES
-from featcache.extract.config import DEVICES, DTYPES, FINGERPRINTS, POOLS, ExtractConfig
+from featcache.extract.config import ExtractConfig
 from featcache.extract.data.datasets import DATASETS
 from featcache.extract.pipeline import describe_layers, run_extraction
-from featcache.paths import default_data_dir
-from featcache.raysession import ENGINES
+from featcache.options import EXTRACT, add_arguments, comma_names, defaults
 
-DEFAULTS = {f.name: f.default for f in fields(ExtractConfig)}
+DEFAULTS = defaults(EXTRACT)
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2, no usage dump
         self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def _csv(text: str) -> tuple[str, ...]:
-    return tuple(p.strip() for p in text.split(",") if p.strip())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,130 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="extract features into an HDF5 cache (resumes if interrupted); prints its path",
     )
-    run.add_argument(
-        "--dataset",
-        default=DEFAULTS["dataset"],
-        help=f"registered name ({', '.join(DATASETS)}), a folder of class folders (train/, "
-        "val/, test/ subfolders are taken as splits), or a CSV manifest path,label[,split] "
-        "[%(default)s]",
-    )
-    run.add_argument(
-        "--name",
-        default=None,
-        help="readable dataset name for the cache and stage two [the registry name or the "
-        "folder's base name]",
-    )
-    run.add_argument(
-        "--backbone",
-        default=DEFAULTS["backbone"],
-        help="registered backbone (see `list`), any torchvision model name, or "
-        "timm/<model> [%(default)s]",
-    )
-    run.add_argument(
-        "--layers",
-        type=_csv,
-        default=DEFAULTS["layers"],
-        help="comma-separated layer aliases or raw fx node names (see `layers`) [pool]",
-    )
-    run.add_argument(
-        "--pool",
-        default=DEFAULTS["pool"],
-        help=f"reduce spatial taps: {', '.join(POOLS)} [%(default)s]",
-    )
-    run.add_argument(
-        "--res",
-        dest="resolution",
-        type=int,
-        default=None,
-        help="input resolution in pixels [the backbone's input size]",
-    )
-    run.add_argument(
-        "--crops",
-        default=DEFAULTS["crops"],
-        help="views per image: 1 (full image), 5 (4 corners + centre) or 10 (those "
-        "mirrored too); 'test:10' for the test split only [%(default)s]",
-    )
-    run.add_argument(
-        "--dtype",
-        default=DEFAULTS["dtype"],
-        help=f"stored feature type: {', '.join(DTYPES)} [%(default)s]",
-    )
-    run.add_argument(
-        "--batch-size",
-        type=int,
-        default=None,
-        help="views per forward pass [the fastest on this machine: a probe of a few seconds, "
-        "its choice kept in <data dir>/probe.json]",
-    )
-    run.add_argument(
-        "--runtime",
-        default=DEFAULTS["runtime"],
-        help=f"forward-pass runtime: auto, {', '.join(RUNTIMES)} [auto: openvino on a CPU where "
-        "it is installed (pip install 'featcache[openvino]'), else eager PyTorch]",
-    )
-    run.add_argument(
-        "--engine",
-        default=DEFAULTS["engine"],
-        help=f"{', '.join(ENGINES)}: one process, or Ray workers (pip install "
-        "'featcache[ray]'; RAY_ADDRESS=auto joins a running cluster) [%(default)s]",
-    )
-    run.add_argument(
-        "--shard-rows",
-        type=int,
-        default=DEFAULTS["shard_rows"],
-        help="images per shard, the unit of resume and of Ray's work; fixed when a cache is "
-        "started (a resumed run keeps the first run's) [%(default)s]",
-    )
-    run.add_argument(
-        "--workers",
-        type=int,
-        default=None,
-        help="Ray workers (--engine ray) [one per GPU, else one]",
-    )
-    run.add_argument(
-        "--device", default=DEFAULTS["device"], help=f"{', '.join(DEVICES)} [%(default)s]"
-    )
-    run.add_argument(
-        "--data-dir",
-        type=Path,
-        default=default_data_dir(),
-        help="where caches and downloads go, and where existing dataset copies are "
-        "looked for (env FEATCACHE_DATA_DIR) [%(default)s]",
-    )
-    run.add_argument(
-        "--fingerprint",
-        default=DEFAULTS["fingerprint"],
-        help=f"how a folder's images are identified: {', '.join(FINGERPRINTS)} (path, size and "
-        "mtime; or every byte, for file systems whose mtimes lie) [%(default)s]",
-    )
-    run.add_argument(
-        "--skip-bad",
-        action="store_true",
-        help="skip unreadable images and record them in the cache",
-    )
-    run.add_argument(
-        "--force",
-        action="store_true",
-        help="allow --pool none on taps above the flatten size limit",
-    )
-    run.add_argument(
-        "--test-fraction",
-        type=float,
-        default=DEFAULTS["test_fraction"],
-        help="test share when a folder has no train/test split [%(default)s]",
-    )
-    run.add_argument(
-        "--seed",
-        type=int,
-        default=DEFAULTS["seed"],
-        help="seed of the stratified split and of --limit subsets [%(default)s]",
-    )
-    run.add_argument(
-        "--limit",
-        type=int,
-        default=None,
-        help="stratified subset of at most N images per split (tests, benchmarks)",
-    )
+    add_arguments(run, EXTRACT)
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     layers = sub.add_parser("layers", help="list a backbone's layer taps with their shapes")
     layers.add_argument("--backbone", default=DEFAULTS["backbone"], help="[%(default)s]")
@@ -180,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--backbone", default=DEFAULTS["backbone"], help="[%(default)s]")
     show.add_argument("--image", type=Path, required=True, help="any image file")
     show.add_argument(
-        "--layers", type=_csv, default=("block1", "block7"),
+        "--layers", type=comma_names, default=("block1", "block7"),
         help="convolutional taps to show [block1,block7]",
     )
     show.add_argument("--out", type=Path, default=Path("data/pictures"), help="[%(default)s]")

@@ -23,6 +23,7 @@ from featcache.extract.cache.shards import ShardStore, shard_specs
 from featcache.extract.config import ExtractConfig
 from featcache.extract.data.datasets import ImageDataset, open_dataset
 from featcache.extract.data.preprocess import view_names
+from featcache.options import EXTRACT, options_for
 
 PACKAGES = ("torch", "torchvision", "timm", "h5py", "numpy", "pillow", "featcache")
 
@@ -95,15 +96,17 @@ def _versions() -> dict[str, str]:
 
 
 def _rebuild_command(cfg: ExtractConfig) -> str:
-    """The command line that makes this cache again."""
-    args = ["python", "-m", "featcache.extract", "run", "--dataset", cfg.dataset, "--backbone",
-            cfg.backbone, "--layers", ",".join(cfg.layers), "--pool", cfg.pool, "--crops",
-            cfg.crops, "--dtype", cfg.dtype, "--data-dir", str(cfg.data_dir)]
-    for option, value in (("--res", cfg.resolution), ("--limit", cfg.limit),
-                          ("--name", cfg.name), ("--fingerprint", cfg.fingerprint)):
-        if value is not None:
-            args += [option, str(value)]
-    return shlex.join(args + (["--skip-bad"] if cfg.skip_bad else []))
+    """The command line that makes this cache again: every keyed option of the table, given."""
+    args = ["python", "-m", "featcache.extract", "run"]
+    for o in options_for(EXTRACT):
+        value = getattr(cfg, o.name)
+        if not o.keyed or value is None or value is False:
+            continue
+        if o.type is bool:
+            args.append(o.flag)
+        else:
+            args += [o.flag, ",".join(value) if o.type is tuple else str(value)]
+    return shlex.join(args)
 
 
 def plan_extraction(cfg: ExtractConfig) -> ExtractPlan:

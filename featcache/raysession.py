@@ -8,8 +8,8 @@ from collections.abc import Iterator
 from types import ModuleType
 
 from featcache.errors import EnvironmentFault, UsageError
+from featcache.options import ENGINES
 
-ENGINES = ("local", "ray")
 INSTALL_HINT = "pip install 'featcache[ray]'"
 
 

@@ -45,8 +45,9 @@ import numpy as np
 from filelock import FileLock, Timeout
 
 from featcache.errors import CacheError, environment_fault
-from featcache.extract.cache.shards import SHARD_ROWS, ShardSpec, ShardStore, shard_specs
+from featcache.extract.cache.shards import ShardSpec, ShardStore, shard_specs
 from featcache.files import publish, slug
+from featcache.options import SHARD_ROWS
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 2

@@ -25,7 +25,6 @@ from featcache.errors import UsageError
 from featcache.files import atomic_write
 
 log = logging.getLogger(__name__)
-SHARD_ROWS = 1024
 MANIFEST = "manifest.json"
 
 

@@ -33,10 +33,10 @@ from featcache.extract.compute.runtimes import (
     resolve_runtime,
     usable_runtime,
 )
-from featcache.extract.config import FLATTEN_LIMIT
 from featcache.extract.data.preprocess import MakeViews, Normalize
 from featcache.extract.plan import ExtractPlan
 from featcache.files import slug
+from featcache.options import FLATTEN_LIMIT
 from featcache.threads import torch_threads
 
 log = logging.getLogger(__name__)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from featcache.errors import UsageError
 from featcache.files import sha256_file
+from featcache.options import FINGERPRINTS as FINGERPRINT_MODES
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,6 @@ IMAGE_EXTENSIONS = (
     ".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm"
 )
 SPLIT_NAMES = ("train", "val", "test")
-FINGERPRINT_MODES = ("stat", "content")
 MANIFEST_HEADERS = (("path", "label"), ("path", "label", "split"))
 _SKIPPED_DIRS = ("__MACOSX",)
 
