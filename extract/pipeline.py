@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,17 +47,38 @@ class ExtractResult:
     engine: str = "local"
 
 
-def _inspect(path: Path) -> tuple[tuple[int, int] | None, set[str], str | None]:
-    """(file identity, layers of every split, problem): a finished cache checked in full."""
+def _inspect(plan: ExtractPlan) -> tuple[tuple[int, int] | None, set[str], str | None]:
+    """(file identity, layers of every split, problem): a finished cache checked in full,
+    and checked to be the requested one (its stored key, dataset, splits), not its name."""
+    path = plan.path
     seen = _identity(path)
     if seen is None:
         return None, set(), None
     try:
         with FeatureCache(path) as cache:
+            foreign = _foreign(cache, plan)
+            if foreign:
+                return seen, set(), foreign
             cache.verify()
             return seen, set.intersection(*(set(cache.layers(s)) for s in cache.splits)), None
     except CacheError as exc:
         return seen, set(), str(exc)
+
+
+def _foreign(cache: FeatureCache, plan: ExtractPlan) -> str | None:
+    """What the file holds, where it is not the cache ``plan`` asks for; else None."""
+    meta, splits = cache.meta, plan.dataset.splits
+    held = {s: cache.n_source(s) for s in cache.splits}
+    wanted = {s: len(split) for s, split in splits.items()}
+    if (meta.get("fingerprint") == plan.key.digest()
+            and meta.get("dataset_fingerprint") == plan.key.dataset_fingerprint
+            and held == wanted):
+        return None
+    link = f" (a link to {os.path.realpath(cache.path)})" if cache.path.is_symlink() else ""
+    return (f"it is not the requested cache{link}: it holds {meta.get('dataset')!r} "
+            f"({meta.get('backbone')}, {meta.get('resolution')} px, splits {held}), "
+            f"not {plan.key.dataset!r} ({plan.key.backbone}, {plan.key.resolution} px, "
+            f"splits {wanted})")
 
 
 def _identity(path: Path) -> tuple[int, int] | None:
@@ -89,13 +111,13 @@ def run_extraction(cfg: ExtractConfig, *, progress: bool = True) -> ExtractResul
     """Extract every split, resuming an interrupted run; a cache hit loads no model."""
     start = time.perf_counter()
     plan = plan_extraction(cfg)
-    seen, present, problem = _inspect(plan.path)
+    seen, present, problem = _inspect(plan)
     if seen and not problem and set(cfg.layers) <= present:
         log.info("cache hit: %s", plan.path)
         return ExtractResult(plan.path, True, 0, time.perf_counter() - start)
     with writer_lock(plan.path), Assembler() as assembler:
         if _identity(plan.path) != seen:
-            seen, present, problem = _inspect(plan.path)
+            seen, present, problem = _inspect(plan)
         if problem:
             _move_aside(plan.path, problem)
             present = set()

@@ -30,3 +30,28 @@ def test_a_given_val_split_chooses_and_is_refitted_on(image_folder, tmp_path, ca
     metrics = json.loads((Path(out.split("run: ")[1].strip()) / "metrics.json").read_text())
     assert metrics["selection"] == "given val"
     assert metrics["n_val"] == 18 and metrics["n_train"] == 36 and metrics["n_test"] == 18
+
+
+def test_a_cache_hit_checks_the_key_inside_the_file(image_folder, tmp_path, caplog) -> None:
+    """Case 2: the 96 px cache replaced by a link to the 64 px one, or by another dataset's
+    cache, is moved aside and rebuilt, not returned as a hit."""
+    from featcache import extract, load_features
+
+    folder = image_folder(per_class=4)
+    other = image_folder("other", classes=("x", "y"), per_class=5)
+    opts = dict(backbone="efficientnet_lite0", batch_size=8, data_dir=tmp_path / "d")
+    small = extract(str(folder), resolution=64, **opts)
+    wanted = extract(str(folder), resolution=96, **opts)
+    foreign = extract(str(other), resolution=96, **opts)
+    rows = len(load_features(wanted, "train")[1])
+    for impostor in (small, foreign):
+        wanted.unlink()
+        if impostor == small:
+            wanted.symlink_to(small)
+        else:
+            wanted.write_bytes(foreign.read_bytes())
+        caplog.clear()
+        assert extract(str(folder), resolution=96, **opts) == wanted
+        assert "it is not the requested cache" in caplog.text
+        assert not wanted.is_symlink() and len(load_features(wanted, "train")[1]) == rows
+    assert small.is_file() and foreign.is_file()

@@ -184,6 +184,11 @@ class FeatureCache:
     def view_names(self, split: str) -> list[str]:
         return list(_decode_attr(self._split(split).attrs["view_names"]))
 
+    def n_source(self, split: str) -> int | None:
+        """Images the dataset's split held when the cache was written (skipped ones too)."""
+        value = self._split(split).attrs.get("n_source")
+        return None if value is None else int(value)
+
     def skipped(self, split: str) -> list[str]:
         return list(_decode_attr(self._split(split).attrs.get("skipped", "[]")))
 
