@@ -55,3 +55,28 @@ def test_a_cache_hit_checks_the_key_inside_the_file(image_folder, tmp_path, capl
         assert "it is not the requested cache" in caplog.text
         assert not wanted.is_symlink() and len(load_features(wanted, "train")[1]) == rows
     assert small.is_file() and foreign.is_file()
+
+
+def test_the_same_image_twice_is_refused_or_skipped(image_folder, tmp_path, capsys,
+                                                     caplog) -> None:
+    """Case 3: ``ln -s . <dataset>/loopy`` is skipped with a warning; a CSV naming one file
+    twice (``img//cat/x`` and ``img/cat/./x``), or a class linked to another, is an error
+    naming both spellings."""
+    folder = image_folder(per_class=5)
+    (folder / "loopy").symlink_to(".")
+    code, cache, _ = _extract(folder, tmp_path / "d", capsys)
+    assert code == 0 and "a loop" in caplog.text
+    from featcache.extract.cache.hdf5 import FeatureCache
+
+    with FeatureCache(cache) as opened:
+        assert opened.class_names == ["cat", "dog", "eel"]
+    (folder / "loopy").unlink()
+    (folder / "puma").symlink_to(folder / "cat")
+    code, out, err = _extract(folder, tmp_path / "d", capsys)
+    assert code == 2 and out == "" and "'cat/000.jpg' and 'puma/000.jpg'" in err
+    manifest = tmp_path / "list.csv"
+    manifest.write_text(f"path,label\n{folder}//cat/000.jpg,cat\n{folder}/cat/./000.jpg,cat\n"
+                        f"{folder}/dog/000.jpg,dog\n")
+    code, out, err = _extract(manifest, tmp_path / "d", capsys)
+    assert code == 2 and "twice under two names" in err and "/./000.jpg" in err
+    assert len(err.strip().splitlines()) == 1

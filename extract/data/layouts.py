@@ -56,7 +56,19 @@ def _is_image(name: str) -> bool:
 
 
 def _subdirs(folder: Path) -> list[str]:
-    return sorted(e.name for e in os.scandir(folder) if e.is_dir() and _visible(e.name))
+    """Visible sub-folders; a linked one that leads back to ``folder`` or above it (a loop:
+    every image again under another name) is skipped with a warning."""
+    here = os.path.realpath(folder)
+    out = []
+    for e in os.scandir(folder):
+        if not (e.is_dir() and _visible(e.name)):
+            continue
+        target = os.path.realpath(e.path)
+        if e.is_symlink() and (here + os.sep).startswith(target.rstrip(os.sep) + os.sep):
+            log.warning("skipped %s: a link to %s, which holds it (a loop)", e.path, target)
+            continue
+        out.append(e.name)
+    return sorted(out)
 
 
 def _loose_images(folder: Path) -> list[str]:
@@ -127,9 +139,11 @@ def scan_folder(root: Path) -> FileList:
     labels = [c for cls in groups.values() for c, files in cls.items() for _ in files]
     splits = [s for s, cls in groups.items() for files in cls.values() for _ in files]
     layout = f"{'/, '.join(split_dirs)}/ folders" if split_dirs else "class folders"
+    paths = [os.path.join(root, i) for i in ids]
+    check_distinct(root, ids, paths)
     return FileList(
         ids,
-        [os.path.join(root, i) for i in ids],
+        paths,
         labels,
         splits if split_dirs else None,
         layout,
@@ -177,6 +191,7 @@ def read_manifest(manifest: Path) -> FileList:
             f"{len(missing)} file(s) listed in {manifest} do not exist (relative to "
             f"{manifest.parent}): {', '.join(missing[:5])}"
         )
+    check_distinct(manifest, ids, paths)
     given = splits if width == 3 else None
     if given is not None and "train" not in given:
         raise UsageError(f"{manifest} assigns no row to the train split")
@@ -188,6 +203,26 @@ def _check_unique(manifest: Path, ids: Sequence[str]) -> None:
     twice = [i for i in ids if i in seen or seen.add(i)]
     if twice:
         raise UsageError(f"{manifest} lists {len(twice)} path(s) twice: {', '.join(twice[:5])}")
+
+
+def check_distinct(where: Path, ids: Sequence[str], paths: Sequence[str]) -> None:
+    """Refuse one file under two names (links, ``//``, ``./``, ``..``): resolved paths must
+    differ, or one image could sit in train under one name and in test under another."""
+    first: dict[str, str] = {}
+    folders: dict[str, str] = {}
+    twice = []
+    for i, p in zip(ids, paths, strict=True):
+        folder, name = os.path.split(p)
+        if folder not in folders:  # one realpath a folder, not a file (7x faster)
+            folders[folder] = os.path.realpath(folder)
+        real = os.path.realpath(p) if os.path.islink(p) else os.path.join(folders[folder], name)
+        if first.setdefault(real, i) != i:
+            twice.append(f"{first[real]!r} and {i!r}")
+    if twice:
+        raise UsageError(
+            f"{where} holds {len(twice)} file(s) twice under two names ({'; '.join(twice[:3])}"
+            f"{', ...' if len(twice) > 3 else ''}); remove one of each pair (or the link)"
+        )
 
 
 def fingerprint(
