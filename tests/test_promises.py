@@ -80,3 +80,27 @@ def test_the_same_image_twice_is_refused_or_skipped(image_folder, tmp_path, caps
     code, out, err = _extract(manifest, tmp_path / "d", capsys)
     assert code == 2 and "twice under two names" in err and "/./000.jpg" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_float_and_wide_images_decode_by_value_range(tmp_path) -> None:
+    """Case 4: a 32-bit float TIFF with values 0..1 decodes as its picture, not black;
+    modes that cannot be mapped are refused by name."""
+    import numpy as np
+    import pytest
+    from PIL import Image
+
+    from featcache.extract.data.images import decode
+
+    ramp = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
+    Image.fromarray(ramp, mode="F").save(tmp_path / "f.tif")
+    grey = np.asarray(decode(tmp_path / "f.tif"))[..., 0]
+    assert grey.min() == 0 and grey.max() == 255
+    np.testing.assert_array_equal(grey, np.rint(ramp * 255).astype(np.uint8))
+    Image.fromarray(ramp * 200, mode="F").save(tmp_path / "levels.tif")
+    assert np.asarray(decode(tmp_path / "levels.tif")).max() == 200
+    for bad, needle in ((Image.fromarray(ramp * 1e6, mode="F"), "mode F with values"),
+                        (Image.fromarray((ramp * 1e6).astype(np.int32), mode="I"),
+                         "beyond 16 bits"),
+                        (Image.new("LAB", (4, 4)), "mode LAB")):
+        with pytest.raises(ValueError, match=needle):
+            decode(bad)
