@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 from featcache.classify import cli as classify_cli
 from featcache.extract import cli as extract_cli
@@ -86,7 +91,6 @@ def test_float_and_wide_images_decode_by_value_range(tmp_path) -> None:
     """Case 4: a 32-bit float TIFF with values 0..1 decodes as its picture, not black;
     modes that cannot be mapped are refused by name."""
     import numpy as np
-    import pytest
     from PIL import Image
 
     from featcache.extract.data.images import decode
@@ -104,3 +108,29 @@ def test_float_and_wide_images_decode_by_value_range(tmp_path) -> None:
                         (Image.new("LAB", (4, 4)), "mode LAB")):
         with pytest.raises(ValueError, match=needle):
             decode(bad)
+
+
+@pytest.mark.parametrize("model", ["logreg", "mlp"])
+def test_ctrl_c_and_sigterm_end_classify_fit_in_one_line(tmp_path, model) -> None:
+    """Case 5: SIGINT and SIGTERM to a real ``classify fit``: 130 and 143, one line, no
+    traceback or abort."""
+    from test_classify_synthetic import write_synthetic
+
+    cache = write_synthetic(tmp_path, n_train=20000, n_test=500, classes=10, dim=512,
+                            spread=3.0)
+    for sig, status, word in ((signal.SIGINT, 130, "interrupted"),
+                              (signal.SIGTERM, 143, "terminated")):
+        child = subprocess.Popen(
+            [sys.executable, "-m", "featcache.classify", "fit", "--cache", str(cache),
+             "--data-dir", str(tmp_path), "--model", model],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for line in child.stderr:  # the training rows are read: the fit has begun
+            if line.startswith("read 20000"):
+                break
+        child.send_signal(sig)
+        out, err = child.communicate(timeout=120)
+        assert child.returncode == status, err
+        assert err.strip().splitlines() == [
+            f"python -m featcache.classify fit: {word}; nothing was written; re-run the same "
+            "command"]
+        assert out == "" and not (tmp_path / "runs").exists()
