@@ -30,9 +30,17 @@ def open_cache(
     """Open ``path`` and check that ``splits`` exist and hold ``layers``."""
     cache = FeatureCache(path)
     for split in splits:
-        if split not in cache.splits:
+        have = cache.splits
+        if split not in have:
+            gone = f"is damaged: its {split!r} split is gone ({_rebuild_hint(cache)})" \
+                if split in cache.layout else f"has no {split!r} split"
             cache.close()
-            raise CacheError(f"{path} has no {split!r} split (has {cache.splits})")
+            raise CacheError(f"{path} {gone}; has {', '.join(have) or 'none'}")
+        broken = cache.missing_parts(split)
+        if broken:
+            hint = _rebuild_hint(cache)
+            cache.close()
+            raise CacheError(f"{path} is damaged: split {split!r} has no {broken[0]}; {hint}")
         missing = [layer for layer in layers if layer not in cache.layers(split)]
         if missing:
             valid, hint = cache.layers(split), _extract_hint(cache, layers)

@@ -134,3 +134,40 @@ def test_ctrl_c_and_sigterm_end_classify_fit_in_one_line(tmp_path, model) -> Non
             f"python -m featcache.classify fit: {word}; nothing was written; re-run the same "
             "command"]
         assert out == "" and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("gone", ["test", "train/labels"])
+def test_fit_on_a_cache_missing_a_group_is_one_line(tmp_path, capsys, gone) -> None:
+    """Case 6: ``classify fit`` on a cache whose ``test`` group or ``train/labels`` was
+    deleted: one line naming what is gone, status 2."""
+    import h5py
+    from test_classify_synthetic import write_synthetic
+
+    cache = write_synthetic(tmp_path)
+    with h5py.File(cache, "a") as f:
+        del f[gone]
+    code = classify_cli.main(["fit", "--data-dir", str(tmp_path), "--model", "svm"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "is damaged" in err
+    assert ("'test' split is gone" if gone == "test" else "'train' has no labels") in err
+
+
+def test_results_skips_a_run_without_top1(tmp_path, capsys, caplog) -> None:
+    """Case 6: ``classify results`` with one run whose metrics.json lacks ``top1``: the
+    table of the others, and the bad run named."""
+    from test_classify_synthetic import write_synthetic
+
+    write_synthetic(tmp_path)
+    assert classify_cli.main(["fit", "--data-dir", str(tmp_path), "--model", "svm",
+                              "--C", "0.1"]) == 0
+    assert classify_cli.main(["fit", "--data-dir", str(tmp_path), "--model", "logreg",
+                              "--C", "0.1"]) == 0
+    capsys.readouterr()
+    bad = sorted((tmp_path / "runs").glob("*logreg*/metrics.json"))[0]
+    metrics = json.loads(bad.read_text())
+    del metrics["top1"]
+    bad.write_text(json.dumps(metrics))
+    assert classify_cli.main(["results", "--data-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "svm" in out and "logreg" not in out
+    assert f"skipped run {bad.parent.name}" in caplog.text

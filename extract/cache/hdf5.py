@@ -184,6 +184,11 @@ class FeatureCache:
     def view_names(self, split: str) -> list[str]:
         return list(_decode_attr(self._split(split).attrs["view_names"]))
 
+    def missing_parts(self, split: str) -> list[str]:
+        """Which of ``labels``, ``ids``, ``features`` the split's group lacks (a damaged file)."""
+        group = self._split(split)
+        return [part for part in ("labels", "ids", "features") if part not in group]
+
     def n_source(self, split: str) -> int | None:
         """Images the dataset's split held when the cache was written (skipped ones too)."""
         value = self._split(split).attrs.get("n_source")
