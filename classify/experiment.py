@@ -39,6 +39,7 @@ from featcache.extract.compute.distributed import check_engine
 logger = logging.getLogger(__name__)
 
 DEFAULT_REPEATS_WITH_SHOTS = 5
+SEED_MAX = 2**32 - 1  # numpy's and scikit-learn's random_state range
 META_KEYS = ("dataset", "dataset_source", "dataset_fingerprint", "fingerprint_mode",
              "dataset_limit", "backbone", "weights", "weights_sha256", "resolution", "crops",
              "pool", "dtype", "views", "split_rule", "created")
@@ -92,6 +93,9 @@ class FitConfig:
                             ("SHOTS", self.shots), ("REPEATS", self.repeats), ("JOBS", self.jobs)):
             if value is not None and value < 1:
                 raise UsageError(f"{name}={value} must be a positive integer")
+        if not 0 <= self.seed <= SEED_MAX - self.n_repeats:
+            raise UsageError(f"SEED={self.seed} must be an integer from 0 to "
+                             f"{SEED_MAX - self.n_repeats} (with {self.n_repeats} repeat(s))")
         if self.train_size is not None and self.shots is not None:
             raise UsageError("give TRAIN_SIZE or SHOTS, not both")
         for name, value in (("VAL_SIZE", self.val_size), ("RESPLIT", self.resplit)):

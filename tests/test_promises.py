@@ -171,3 +171,29 @@ def test_results_skips_a_run_without_top1(tmp_path, capsys, caplog) -> None:
     out = capsys.readouterr().out
     assert "svm" in out and "logreg" not in out
     assert f"skipped run {bad.parent.name}" in caplog.text
+
+
+def test_odd_names_and_numbers_are_one_line(image_folder, tmp_path, capsys) -> None:
+    """Case 7: a file name that is not UTF-8 (with and without --skip-bad), class folders
+    ``1`` and ``²``, ``--seed -1`` with a sweep, a 300-character ``--cache``."""
+    import os
+
+    folder = image_folder(classes=("1", "²"), per_class=5)
+    code, cache, _ = _extract(folder, tmp_path / "d", capsys)
+    assert code == 0
+    from featcache.extract.cache.hdf5 import FeatureCache
+
+    with FeatureCache(cache) as opened:
+        assert opened.class_names == ["1", "²"]
+    os.rename(folder / "1" / "000.jpg", os.fsdecode(bytes(folder / "1") + b"/caf\xe9.jpg"))
+    for extra in ((), ("--skip-bad",)):
+        code, out, err = _extract(folder, tmp_path / "d", capsys, *extra)
+        assert code == 2 and out == "" and err.count("\n") == 1
+        assert "not valid UTF-8 (first: b'1/caf\\xe9.jpg')" in err
+    fit = ["fit", "--cache", cache, "--data-dir", str(tmp_path / "d"), "--model", "svm"]
+    assert classify_cli.main([*fit, "--seed", "-1"]) == 2
+    assert "SEED=-1 must be an integer from 0 to" in capsys.readouterr().err
+    long = ["fit", "--cache", str(tmp_path / ("x" * 300 + ".h5")), "--model", "svm"]
+    assert classify_cli.main(long) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "File name too long" in err

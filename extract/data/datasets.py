@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -226,7 +227,7 @@ def _open_torchvision(cls: type, data_dir: Path, train: bool) -> object:
 
 def _class_order(names: set[str]) -> list[str]:
     """Sorted class names; numerically where every name is an integer (CSV labels 2 < 10)."""
-    if all(n.lstrip("-").isdigit() for n in names):
+    if all(re.fullmatch(r"-?[0-9]+", n) for n in names):  # not isdigit: "²" is a digit
         return sorted(names, key=int)
     return sorted(names)
 

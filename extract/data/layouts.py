@@ -207,7 +207,14 @@ def _check_unique(manifest: Path, ids: Sequence[str]) -> None:
 
 def check_distinct(where: Path, ids: Sequence[str], paths: Sequence[str]) -> None:
     """Refuse one file under two names (links, ``//``, ``./``, ``..``): resolved paths must
-    differ, or one image could sit in train under one name and in test under another."""
+    differ, or one image could sit in train under one name and in test under another. Names
+    that are not UTF-8 (which the cache's ids cannot store) are refused too."""
+    undecodable = [i for i in ids if not i.isprintable() and _not_utf8(i)]
+    if undecodable:
+        raise UsageError(
+            f"{where} holds {len(undecodable)} file name(s) that are not valid UTF-8 (first: "
+            f"{os.fsencode(undecodable[0])!r}); rename them (e.g. convmv -f latin1 -t utf8)"
+        )
     first: dict[str, str] = {}
     folders: dict[str, str] = {}
     twice = []
@@ -223,6 +230,14 @@ def check_distinct(where: Path, ids: Sequence[str], paths: Sequence[str]) -> Non
             f"{where} holds {len(twice)} file(s) twice under two names ({'; '.join(twice[:3])}"
             f"{', ...' if len(twice) > 3 else ''}); remove one of each pair (or the link)"
         )
+
+
+def _not_utf8(name: str) -> bool:
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def fingerprint(
