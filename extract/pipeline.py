@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from featcache.errors import CacheError
+from featcache.errors import CacheError, UsageError
 from featcache.extract.backbones.registry import (
     get_spec,
     load_backbone,
@@ -127,6 +127,8 @@ def run_extraction(cfg: ExtractConfig, *, progress: bool = True) -> ExtractResul
         store = ShardStore.open(plan.parts, plan.manifest(todo, rows or cfg.shard_rows))
         plans = plan.split_plans(store.shard_rows)
         missing = missing_shards(store, plans)
+        if missing and cfg.engine == "local":
+            check_batch_memory(plan)
         total = sum(len(s) for s in plan.dataset.splits.values())
         done = total - sum(s.end - s.start for s in missing)
         with tqdm(total=total, initial=done, unit="img", disable=not progress,
@@ -140,6 +142,37 @@ def run_extraction(cfg: ExtractConfig, *, progress: bool = True) -> ExtractResul
                  {**plan.meta, "runtime": runtime}, assembler)
     return ExtractResult(plan.path, False, images, time.perf_counter() - start,
                          len(missing), about[1] if about else None, cfg.engine)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory the kernel says are available (``MemAvailable``), where it says."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def check_batch_memory(plan: ExtractPlan) -> None:
+    """Refuse, before any model loads, a given batch whose forward pass cannot fit in this
+    machine's memory: its uint8 and float32 input plus a first activation at least 4x the
+    input (every backbone's stem widens it so: 32 channels at half size, or more) is a lower
+    bound of what the pass holds. Only on the CPU, where the kernel would kill the process."""
+    batch, size = plan.cfg.batch_size, plan.preprocess.crop_size
+    if batch is None or resolve_device(plan.cfg.device).type != "cpu":
+        return
+    views = max(plan.views.values())
+    need = batch * 3 * size * size * (views + 4 + 4 * 4)
+    free = available_memory()
+    if free is not None and need > free:
+        raise UsageError(
+            f"BATCH={batch} (--batch-size) at RES={size} needs at least {need / 2**30:.1f} GiB "
+            f"for one forward pass; this machine has {free / 2**30:.1f} GiB available: lower "
+            f"BATCH (below {max(1, batch * free // need)}) or RES"
+        )
 
 
 def _run_local(plan: ExtractPlan, store: ShardStore, shards: list[ShardSpec],

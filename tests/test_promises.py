@@ -197,3 +197,31 @@ def test_odd_names_and_numbers_are_one_line(image_folder, tmp_path, capsys) -> N
     assert classify_cli.main(long) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "File name too long" in err
+
+
+def test_what_cannot_fit_in_memory_is_refused(image_folder, tmp_path, capsys,
+                                              monkeypatch) -> None:
+    """Case 8: ``--res 512 --batch-size 4096`` is refused before any model loads, naming
+    BATCH; a 100,000 x 1 PNG is refused before its resize allocates anything (one line,
+    status 2), and ``--skip-bad`` skips it."""
+    from PIL import Image
+
+    from featcache.extract import pipeline
+    from featcache.extract.compute import worker
+
+    folder = image_folder(per_class=5)
+    with monkeypatch.context() as patch:  # (the plan may load it once, to hash its weights)
+        patch.setattr(worker, "load_backbone", lambda *a, **k: pytest.fail("model loaded"))
+        patch.setattr(pipeline, "available_memory", lambda: 16 * 2**30)
+        code = extract_cli.main(["run", "--dataset", str(folder), "--data-dir", str(tmp_path),
+                                 "--backbone", "efficientnet_lite0", "--res", "512",
+                                 "--batch-size", "4096"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "BATCH=4096 (--batch-size) at RES=512 needs at least" in err and "lower BATCH" in err
+    Image.new("L", (100_000, 1)).save(folder / "cat" / "wide.png")
+    code, out, err = _extract(folder, tmp_path, capsys)
+    assert code == 2 and out == "" and "'cat/wide.png'" in err
+    assert "a 100000 x 1 image resizes to" in err and "crop it" in err
+    code, out, _ = _extract(folder, tmp_path, capsys, "--skip-bad")
+    assert code == 0 and out.endswith(".h5")
