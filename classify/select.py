@@ -176,7 +176,9 @@ def _fingerprint(path: str, data_dir: Path, meta: dict[str, Any]) -> str:
     """The dataset's fingerprint as extraction computes it today, in the cache's mode."""
     from featcache.extract.data.datasets import open_dataset
 
-    dataset = open_dataset(path, data_dir, fingerprint=meta.get("fingerprint_mode", "stat"))
+    dataset = open_dataset(path, data_dir, fingerprint=meta.get("fingerprint_mode", "stat"),
+                           test_fraction=float(meta.get("test_fraction", 0.2)),
+                           seed=int(meta.get("seed", 0)), skip_bad=bool(meta.get("skip_bad")))
     if meta.get("dataset_limit") is not None:
         dataset = dataset.limited(int(meta["dataset_limit"]), int(meta.get("seed", 0)))
     return dataset.fingerprint

@@ -110,7 +110,7 @@ def plan_extraction(cfg: ExtractConfig) -> ExtractPlan:
     """Everything that names the cache file; loads no model unless its weights must be fetched."""
     spec = get_spec(cfg.backbone)
     dataset = open_dataset(cfg.dataset, cfg.data_dir, test_fraction=cfg.test_fraction,
-                           seed=cfg.seed, fingerprint=cfg.fingerprint)
+                           seed=cfg.seed, fingerprint=cfg.fingerprint, skip_bad=cfg.skip_bad)
     try:
         dataset = dataset.limited(cfg.limit, cfg.seed)
     except ValueError as exc:

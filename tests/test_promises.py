@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -176,8 +177,6 @@ def test_results_skips_a_run_without_top1(tmp_path, capsys, caplog) -> None:
 def test_odd_names_and_numbers_are_one_line(image_folder, tmp_path, capsys) -> None:
     """Case 7: a file name that is not UTF-8 (with and without --skip-bad), class folders
     ``1`` and ``²``, ``--seed -1`` with a sweep, a 300-character ``--cache``."""
-    import os
-
     folder = image_folder(classes=("1", "²"), per_class=5)
     code, cache, _ = _extract(folder, tmp_path / "d", capsys)
     assert code == 0
@@ -225,3 +224,35 @@ def test_what_cannot_fit_in_memory_is_refused(image_folder, tmp_path, capsys,
     assert "a 100000 x 1 image resizes to" in err and "crop it" in err
     code, out, _ = _extract(folder, tmp_path, capsys, "--skip-bad")
     assert code == 0 and out.endswith(".h5")
+
+
+def test_broken_links_are_bad_images_and_a_denied_cache_stops(image_folder, tmp_path,
+                                                                capsys) -> None:
+    """Case 9: a dangling link and a link loop in a class folder: one line and status 2 (not
+    a fault of the machine); ``--skip-bad`` skips them."""
+    folder = image_folder(per_class=5)
+    (folder / "cat" / "gone.jpg").symlink_to(folder / "nowhere.jpg")
+    (folder / "dog" / "loop.jpg").symlink_to(folder / "dog" / "loop.jpg")
+    code, out, err = _extract(folder, tmp_path, capsys)
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "2 link(s) under" in err and "cat/gone.jpg" in err and "SKIP_BAD=1" in err
+    code, out, _ = _extract(folder, tmp_path, capsys, "--skip-bad")
+    assert code == 0 and out.endswith(".h5")
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0,
+                    reason="root reads a chmod 000 file: permission cannot be denied here")
+def test_an_unreadable_cache_is_permission_denied_not_damaged(image_folder, tmp_path,
+                                                              capsys) -> None:
+    """Case 9: a cache made unreadable by ``chmod 000``: permission denied, status 1, the file
+    left where it is."""
+    folder = image_folder(per_class=5)
+    code, cache, _ = _extract(folder, tmp_path, capsys)
+    os.chmod(cache, 0)
+    try:
+        code, out, err = _extract(folder, tmp_path, capsys)
+        assert code == 1 and out == "" and "permission denied reading" in err
+        assert Path(cache).exists()
+        assert not list(Path(cache).parent.glob("*.damaged-*"))
+    finally:
+        os.chmod(cache, 0o644)

@@ -131,6 +131,12 @@ class FeatureCache:
         if not self.path.is_file():
             raise CacheError(f"no cache file at {self.path}")
         try:
+            open(self.path, "rb").close()
+        except PermissionError as exc:
+            raise EnvironmentFault(
+                f"permission denied reading {self.path} ({exc.strerror}); give this user read "
+                "access (chmod u+r) and re-run; the file was not touched") from None
+        try:
             self._file = h5py.File(self.path, "r")
         except OSError as exc:
             raise CacheError(

@@ -103,8 +103,9 @@ def _class_folders(folder: Path, root: Path) -> dict[str, list[str]]:
             for c in classes}
 
 
-def scan_folder(root: Path) -> FileList:
-    """The images of an ImageFolder directory, with split folders taken as splits."""
+def scan_folder(root: Path, *, skip_bad: bool = False) -> FileList:
+    """The images of an ImageFolder directory, with split folders taken as splits; links
+    that lead nowhere or loop are an error naming them, or with ``skip_bad`` skipped."""
     top = _subdirs(root)
     split_dirs = [d for d in top if d in SPLIT_NAMES]
     others = [d for d in top if d not in SPLIT_NAMES]
@@ -135,6 +136,7 @@ def scan_folder(root: Path) -> FileList:
             f"no images ({', '.join(IMAGE_EXTENSIONS)}) in class folder(s) {', '.join(empty)} "
             f"under {root}; add images or remove the folder(s)"
         )
+    groups = _without_broken_links(root, groups, skip_bad)
     ids = [i for cls in groups.values() for files in cls.values() for i in files]
     labels = [c for cls in groups.values() for c, files in cls.items() for _ in files]
     splits = [s for s, cls in groups.items() for files in cls.values() for _ in files]
@@ -148,6 +150,23 @@ def scan_folder(root: Path) -> FileList:
         splits if split_dirs else None,
         layout,
     )
+
+
+def _without_broken_links(root: Path, groups: dict, skip_bad: bool) -> dict:
+    """``groups`` less the image names that are links leading nowhere or looping."""
+    paths = {i: os.path.join(root, i) for cls in groups.values() for f in cls.values() for i in f}
+    broken = {i for i, p in paths.items() if os.path.islink(p) and not os.path.exists(p)}
+    if not broken:
+        return groups
+    if not skip_bad:
+        raise UsageError(
+            f"{len(broken)} link(s) under {root} lead nowhere or loop (first: "
+            f"{sorted(broken)[0]}); remove them, or pass SKIP_BAD=1 (--skip-bad) to skip them"
+        )
+    log.warning("skipping %d link(s) that lead nowhere or loop: %s", len(broken),
+                ", ".join(sorted(broken)[:5]))
+    return {s: {c: [i for i in files if i not in broken] for c, files in cls.items()}
+            for s, cls in groups.items()}
 
 
 def read_manifest(manifest: Path) -> FileList:
