@@ -15,6 +15,7 @@ import numpy as np
 
 from featcache.classify.features import DEFAULT_LAYERS, Block, Part, open_cache, read
 from featcache.classify.select import DEFAULT_DATASET, CacheQuery, resolve_cache
+from featcache.errors import UsageError
 from featcache.extract.cache.hdf5 import READ_ROWS
 from featcache.paths import default_data_dir
 
@@ -34,7 +35,8 @@ def find_cache(
 ) -> Path:
     """The one cache file of ``dataset`` (name or path) with these options, as ``make classify``
     finds it; an error lists the candidates when several match."""
-    query = CacheQuery(dataset, backbone, resolution, crops, pool, dtype, _layers(layers))
+    names = (layers,) if isinstance(layers, str) else tuple(layers)  # () : any layers
+    query = CacheQuery(dataset, backbone, resolution, crops, pool, dtype, names)
     return resolve_cache(Path(data_dir or default_data_dir()), query)
 
 
@@ -57,8 +59,20 @@ def load_features(
     path = _path(source, layers, data_dir, options)
     names = _layers(layers)
     with open_cache(path, names, splits=(split,)) as cache:
-        index = np.arange(len(cache.labels(split))) if rows is None else np.asarray(rows)
+        n = len(cache.labels(split))
+        index = np.arange(n) if rows is None else _rows(rows, n, split)
         return _flatten(read(cache, [Part(split, index)], names), index)
+
+
+def _rows(rows: Sequence[int] | np.ndarray, n: int, split: str) -> np.ndarray:
+    """``rows`` as row indices, each checked to lie in ``0..n-1``."""
+    index = np.asarray(rows)
+    if index.ndim != 1 or (index.size and index.dtype.kind not in "iu"):
+        raise UsageError(f"rows= must be a list of integer row indices, got {rows!r}")
+    bad = index[(index < 0) | (index >= n)]
+    if bad.size:
+        raise UsageError(f"rows= holds {bad[0]}: split {split!r} has rows 0 to {n - 1}")
+    return index.astype(np.int64)
 
 
 def iter_features(
@@ -71,6 +85,9 @@ def iter_features(
     **options: str | int | None,
 ) -> Iterator[Arrays]:
     """``load_features`` of ``chunk_rows`` images at a time, in row order."""
+    if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, (int, np.integer)) \
+            or chunk_rows < 1:
+        raise UsageError(f"chunk_rows={chunk_rows!r} must be a positive integer (images a chunk)")
     path = _path(source, layers, data_dir, options)
     names = _layers(layers)
     with open_cache(path, names, splits=(split,)) as cache:
@@ -81,13 +98,20 @@ def iter_features(
 
 
 def _layers(layers: str | Sequence[str]) -> tuple[str, ...]:
-    return (layers,) if isinstance(layers, str) else tuple(layers)
+    """One layer name, or several: at least one."""
+    names = (layers,) if isinstance(layers, str) else tuple(layers)
+    if not names or not all(isinstance(n, str) and n for n in names):
+        raise UsageError(f"layers={layers!r}: give a layer name or a list of them, e.g. 'pool'")
+    return names
 
 
 def _path(
     source: str | Path, layers: str | Sequence[str], data_dir: Path | str | None, options: dict
 ) -> Path:
-    if Path(source).suffix == ".h5" and Path(source).is_file():
+    if Path(source).suffix == ".h5":
+        if not Path(source).is_file():
+            raise UsageError(f"no cache file at {source}; pass an existing .h5 file, or the "
+                             "dataset as extract() was given it")
         return Path(source)
     return find_cache(str(source), data_dir=data_dir, layers=layers, **options)
 

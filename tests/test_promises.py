@@ -256,3 +256,30 @@ def test_an_unreadable_cache_is_permission_denied_not_damaged(image_folder, tmp_
         assert not list(Path(cache).parent.glob("*.damaged-*"))
     finally:
         os.chmod(cache, 0o644)
+
+
+def test_the_python_api_normalises_and_names_its_arguments(image_folder, tmp_path) -> None:
+    """Case 11: a string is one layer, paths may be ``str`` or ``Path``, ``crops`` may be an
+    int; the rest is checked with messages naming the argument."""
+    from featcache import FeatcacheError, extract, iter_features, load_features
+
+    folder = image_folder(per_class=5)
+    cache = extract(folder, layers="pool", data_dir=str(tmp_path / "d"), crops=1,
+                    backbone="efficientnet_lite0", resolution=64, batch_size=8)
+    assert cache == extract(str(folder), layers=["pool"], data_dir=tmp_path / "d", crops="1",
+                            backbone="efficientnet_lite0", resolution=64, batch_size=8)
+    X, _, groups = load_features(str(cache), "train", layers="pool", rows=[0, 2])
+    assert X.shape == (2, 1280) and groups.tolist() == [0, 2]
+    bad = [
+        (lambda: load_features(cache, "val"), "has no 'val' split; has test, train"),
+        (lambda: load_features(cache, layers=[]), "layers=[]: give a layer name"),
+        (lambda: load_features(tmp_path / "gone.h5"), "no cache file at"),
+        (lambda: load_features(cache, rows=[-1]), "rows= holds -1: split 'train' has rows 0"),
+        (lambda: list(iter_features(cache, chunk_rows=0)), "chunk_rows=0 must be a positive"),
+        (lambda: list(iter_features(cache, chunk_rows=-5)), "chunk_rows=-5 must be a positive"),
+        (lambda: extract(folder, layer="pool"), "unknown option 'layer'; valid: name,"),
+    ]
+    for call, needle in bad:
+        with pytest.raises(FeatcacheError, match=needle.replace("(", r"\(").replace("[", r"\[")):
+            call()
+    assert not (tmp_path / "gone.h5").exists()
