@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -119,3 +120,29 @@ def _path(
 def _flatten(block: Block, index: np.ndarray) -> Arrays:
     views = block.X.shape[1]
     return block.flat, block.flat_labels, np.repeat(index.astype(np.int64), views)
+
+
+def score_per_image(model: Any, X: np.ndarray, y: np.ndarray, groups: np.ndarray) -> float:
+    """Top-1 accuracy per image, as ``make classify`` reports it: each view's class scores
+    (``predict_proba`` where the model has it, else ``decision_function``) averaged over the
+    views sharing a ``groups`` value, then the best class. ``model.score(X, y)`` is instead
+    the accuracy per view (the same number where every image has one view). Holds one row
+    of class scores per view."""
+    groups = np.asarray(groups)
+    if not len(X) == len(y) == len(groups):
+        raise UsageError(f"X, y and groups must have as many rows; got {len(X)}, {len(y)}, "
+                         f"{len(groups)} (pass what load_features returned)")
+    images, inverse = np.unique(groups, return_inverse=True)
+    labels = np.empty(len(images), dtype=np.asarray(y).dtype)
+    labels[inverse] = y
+    if not np.array_equal(labels[inverse], y):
+        raise UsageError("the views of one image (one groups value) hold different labels in y")
+    score = model.predict_proba if hasattr(model, "predict_proba") else model.decision_function
+    scores = np.asarray(score(X), dtype=np.float64)
+    if scores.ndim == 1:  # a binary decision_function: one score per row
+        scores = np.stack([-scores, scores], axis=1)
+    summed = np.zeros((len(images), scores.shape[1]))
+    np.add.at(summed, inverse, scores)
+    predicted = np.asarray(model.classes_)[summed.argmax(axis=1)]
+    return float(np.mean(predicted == labels))
+

@@ -283,3 +283,23 @@ def test_the_python_api_normalises_and_names_its_arguments(image_folder, tmp_pat
         with pytest.raises(FeatcacheError, match=needle.replace("(", r"\(").replace("[", r"\[")):
             call()
     assert not (tmp_path / "gone.h5").exists()
+
+
+def test_the_api_scores_per_image_as_make_classify_does(tmp_path, capsys) -> None:
+    """Case 12: with ten views per test image, ``score_per_image`` on ``load_features``
+    output is the number ``classify fit`` reports; ``model.score`` is per view."""
+    import joblib
+    from test_classify_synthetic import write_synthetic
+
+    from featcache import load_features, score_per_image
+
+    cache = write_synthetic(tmp_path, test_views=10, train_views=10, spread=4.0, dim=8)
+    assert classify_cli.main(["fit", "--cache", str(cache), "--data-dir", str(tmp_path),
+                              "--model", "svm", "--C", "0.01"]) == 0
+    run = Path(capsys.readouterr().out.split("run: ")[1].strip())
+    metrics = json.loads((run / "metrics.json").read_text())
+    model = joblib.load(run / "model.joblib")
+    X, y, groups = load_features(cache, "test")
+    assert len(X) == 10 * metrics["n_test"]
+    assert score_per_image(model, X, y, groups) == metrics["top1"]
+    assert model.score(X, y) != metrics["top1"]  # per view: another number
