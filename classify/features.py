@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,10 +19,20 @@ DEFAULT_LAYERS = ("pool",)
 CENTRE_VIEWS = ("full", "center", "centre")
 
 
+def add_layers_command(meta: dict, layers: Sequence[str]) -> str:
+    """The command that adds ``layers`` to the cache whose metadata is ``meta``: the command
+    that made it (every option, so the same file), with ``--layers`` replaced."""
+    words = shlex.split(str(meta.get("rebuild", "")))
+    if "--layers" not in words[:-1]:
+        source = str(meta.get("dataset_source", ""))
+        dataset = source if Path(source).is_absolute() else meta.get("dataset", "?")
+        return f"make extract DATASET={shlex.quote(str(dataset))} LAYERS={','.join(layers)}"
+    words[words.index("--layers") + 1] = ",".join(layers)
+    return shlex.join(words)
+
+
 def _extract_hint(cache: FeatureCache, layers: Sequence[str]) -> str:
-    source = str(cache.meta.get("dataset_source", ""))
-    dataset = source if Path(source).is_absolute() else cache.meta.get("dataset", "?")
-    return f"make extract DATASET={dataset} LAYERS={','.join(layers)}"
+    return add_layers_command(cache.meta, layers)
 
 
 def open_cache(

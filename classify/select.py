@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from featcache.classify.features import add_layers_command
 from featcache.errors import CacheError, UsageError
 from featcache.extract.cache.hdf5 import FeatureCache, find_caches
 
@@ -114,9 +115,9 @@ def resolve_cache(data_dir: Path, query: CacheQuery, cache: Path | None = None) 
     holding = [c for c in matching if set(query.layers) <= c.layers]
     if not holding:
         have = "; ".join(f"{','.join(sorted(c.layers))} (CACHE={c.path})" for c in matching)
+        add = " or ".join(add_layers_command(c.meta, query.layers) for c in matching)
         raise UsageError(f"no cache of {query.dataset!r} holds layer(s) "
-                         f"{','.join(query.layers)} (they hold: {have}); add them with: "
-                         f"{query.extract_command()}")
+                         f"{','.join(query.layers)} (they hold: {have}); add them with: {add}")
     if len(holding) > 1:
         raise UsageError(f"DATASET={query.dataset} matches {len(holding)} caches; choose one "
                          f"with {_tell_apart(holding)}")

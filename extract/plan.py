@@ -96,11 +96,14 @@ def _versions() -> dict[str, str]:
 
 def _rebuild_command(cfg: ExtractConfig) -> str:
     """The command line that makes this cache again."""
-    args = ["python", "-m", "featcache.extract", "run", "--dataset", cfg.dataset, "--backbone",
+    given = Path(cfg.dataset).expanduser()
+    dataset = str(given.resolve()) if given.exists() else cfg.dataset  # works from any folder
+    args = ["python", "-m", "featcache.extract", "run", "--dataset", dataset, "--backbone",
             cfg.backbone, "--layers", ",".join(cfg.layers), "--pool", cfg.pool, "--crops",
-            cfg.crops, "--dtype", cfg.dtype, "--data-dir", str(cfg.data_dir)]
+            cfg.crops, "--dtype", cfg.dtype, "--data-dir", str(Path(cfg.data_dir).resolve())]
     for option, value in (("--res", cfg.resolution), ("--limit", cfg.limit),
-                          ("--name", cfg.name), ("--fingerprint", cfg.fingerprint)):
+                          ("--name", cfg.name), ("--fingerprint", cfg.fingerprint),
+                          ("--test-fraction", cfg.test_fraction), ("--seed", cfg.seed)):
         if value is not None:
             args += [option, str(value)]
     return shlex.join(args + (["--skip-bad"] if cfg.skip_bad else []))

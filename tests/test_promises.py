@@ -303,3 +303,33 @@ def test_the_api_scores_per_image_as_make_classify_does(tmp_path, capsys) -> Non
     assert len(X) == 10 * metrics["n_test"]
     assert score_per_image(model, X, y, groups) == metrics["top1"]
     assert model.score(X, y) != metrics["top1"]  # per view: another number
+
+
+def test_advice_commands_work_when_pasted(image_folder, tmp_path, capsys) -> None:
+    """Case 13: a folder extracted with ``--test-fraction 0.5 --name s3 --res 64`` is found
+    by ``classify fit --dataset <folder>``; the command that a missing layer's message gives
+    (``classify fit`` and ``load_features``) adds the layer to that very cache when pasted."""
+    import shlex
+
+    from featcache import FeatcacheError, load_features
+
+    folder = image_folder(per_class=3)
+    data = tmp_path / "d"
+    code, cache, _ = _extract(folder, data, capsys, "--test-fraction", "0.5", "--name", "s3")
+    assert code == 0
+    fit = ["fit", "--data-dir", str(data), "--model", "svm", "--C", "0.1"]
+    assert classify_cli.main([*fit, "--dataset", str(folder)]) == 0
+    capsys.readouterr()
+    assert classify_cli.main([*fit, "--dataset", "s3", "--layer", "block5"]) == 2
+    advice = capsys.readouterr().err.split("add them with: ")[1].strip()
+    with pytest.raises(FeatcacheError) as raised:
+        load_features(cache, layers="block5")
+    assert str(raised.value).split("extract it with: ")[1] == advice
+    words = shlex.split(advice)
+    assert words[0] == "python"
+    pasted = subprocess.run([sys.executable, *words[1:]], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=300)
+    assert pasted.returncode == 0, pasted.stderr
+    assert pasted.stdout.strip() == cache
+    assert classify_cli.main([*fit, "--dataset", "s3", "--layer", "block5"]) == 0
+    assert load_features(cache, layers="block5")[0].shape[1] > 0
