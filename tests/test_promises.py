@@ -333,3 +333,46 @@ def test_advice_commands_work_when_pasted(image_folder, tmp_path, capsys) -> Non
     assert pasted.stdout.strip() == cache
     assert classify_cli.main([*fit, "--dataset", "s3", "--layer", "block5"]) == 0
     assert load_features(cache, layers="block5")[0].shape[1] > 0
+
+
+def test_stdout_is_the_cache_path_alone(image_folder, tmp_path, capfd, monkeypatch) -> None:
+    """Case 10: what Ray prints to stdout during a run (``(raylet) A worker died...``, from
+    Python or from C++ at the file descriptor) goes to stderr; stdout is the path alone."""
+    folder = image_folder(per_class=5)
+    argv = ["run", "--dataset", str(folder), "--data-dir", str(tmp_path), *FAST, "--quiet"]
+    assert extract_cli.main(argv) == 0
+    cache = capfd.readouterr().out.strip()
+    real = extract_cli.run_extraction
+
+    def noisy(*args, **kwargs):
+        print("(raylet) A worker died or was killed while executing a task")
+        os.write(1, b"(raylet) from C++\n")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(extract_cli, "run_extraction", noisy)
+    assert extract_cli.main(argv) == 0
+    out, err = capfd.readouterr()
+    assert out == cache + "\n"
+    assert "A worker died" in err and "from C++" in err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("when", ["starting Ray", "computing"])
+def test_sigterm_to_a_ray_driver_is_one_line(image_folder, tmp_path, when) -> None:
+    """Case 5: SIGTERM to ``extract run --engine ray``, while Ray starts (its own handler is
+    in place) or while it computes: status 143 and featcache's line, nothing on stdout."""
+    pytest.importorskip("ray", reason="ray is not installed (pip install 'featcache[ray]')")
+    folder = image_folder(per_class=5)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "featcache.extract", "run", "--dataset", str(folder),
+         "--data-dir", str(tmp_path), *FAST, "--engine", "ray", "--workers", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    marker = "imgs:" if when == "starting Ray" else "Started a local Ray instance"
+    for line in child.stderr:
+        if marker in line:
+            break
+    child.send_signal(signal.SIGTERM)
+    out, err = child.communicate(timeout=180)
+    assert child.returncode == 143, err
+    assert out == "" and err.strip().splitlines()[-1] == (
+        "extract: terminated; finished shards are kept; re-run the same command to resume")
