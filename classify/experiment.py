@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import shlex
 import sys
 import time
@@ -40,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_REPEATS_WITH_SHOTS = 5
 SEED_MAX = 2**32 - 1  # numpy's and scikit-learn's random_state range
+NAME_MAX = 255  # bytes of one path component on Linux, macOS and Windows file systems
 META_KEYS = ("dataset", "dataset_source", "dataset_fingerprint", "fingerprint_mode",
              "dataset_limit", "backbone", "weights", "weights_sha256", "resolution", "crops",
              "pool", "dtype", "views", "split_rule", "created")
@@ -93,6 +95,11 @@ class FitConfig:
                             ("SHOTS", self.shots), ("REPEATS", self.repeats), ("JOBS", self.jobs)):
             if value is not None and value < 1:
                 raise UsageError(f"{name}={value} must be a positive integer")
+        long = [p for p in Path(self.cache).parts if len(os.fsencode(p)) > NAME_MAX] \
+            if self.cache is not None else []
+        if long:
+            raise UsageError(f"CACHE=...{long[0][:40]}...: a name of {len(long[0])} characters; "
+                             f"file systems allow {NAME_MAX} bytes: give an existing .h5 file")
         if not 0 <= self.seed <= SEED_MAX - self.n_repeats:
             raise UsageError(f"SEED={self.seed} must be an integer from 0 to "
                              f"{SEED_MAX - self.n_repeats} (with {self.n_repeats} repeat(s))")
