@@ -55,9 +55,9 @@ def _is_image(name: str) -> bool:
     return _visible(name) and name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def _subdirs(folder: Path) -> list[str]:
+def _subdirs(folder: Path, warn: bool = True) -> list[str]:
     """Visible sub-folders; a linked one that leads back to ``folder`` or above it (a loop:
-    every image again under another name) is skipped with a warning."""
+    every image again under another name) is skipped, with a warning where ``warn``."""
     here = os.path.realpath(folder)
     out = []
     for e in os.scandir(folder):
@@ -65,7 +65,8 @@ def _subdirs(folder: Path) -> list[str]:
             continue
         target = os.path.realpath(e.path)
         if e.is_symlink() and (here + os.sep).startswith(target.rstrip(os.sep) + os.sep):
-            log.warning("skipped %s: a link to %s, which holds it (a loop)", e.path, target)
+            if warn:
+                log.warning("skipped %s: a link to %s, which holds it (a loop)", e.path, target)
             continue
         out.append(e.name)
     return sorted(out)
@@ -90,7 +91,7 @@ def _walk_images(root: str, folder: str) -> list[str]:
 def _class_folders(folder: Path, root: Path) -> dict[str, list[str]]:
     """``{class: image ids}`` under ``folder``; loose images beside class folders are an
     error."""
-    classes = _subdirs(folder)
+    classes = _subdirs(folder, warn=folder != root)  # the root's were warned of once
     loose = _loose_images(folder)
     if loose:
         where = folder.relative_to(root).as_posix() if folder != root else str(root)
