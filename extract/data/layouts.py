@@ -228,7 +228,8 @@ def _check_unique(manifest: Path, ids: Sequence[str]) -> None:
 def check_distinct(where: Path, ids: Sequence[str], paths: Sequence[str]) -> None:
     """Refuse one file under two names (links, ``//``, ``./``, ``..``): resolved paths must
     differ, or one image could sit in train under one name and in test under another. Names
-    that are not UTF-8 (which the cache's ids cannot store) are refused too."""
+    that are not UTF-8 (which the cache's ids cannot store) are refused too. Holds one
+    resolved path per file (and per folder)."""
     undecodable = [i for i in ids if not i.isprintable() and _not_utf8(i)]
     if undecodable:
         raise UsageError(
