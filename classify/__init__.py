@@ -11,7 +11,7 @@ from featcache.classify.heads.knn import CosineKNN
 from featcache.classify.heads.linear import LinearSVM, SoftmaxRegression
 from featcache.classify.heads.mlp import MLPHead
 from featcache.classify.heads.registry import HEADS, HeadSpec, build_head
-from featcache.classify.load import find_cache, iter_features, load_features
+from featcache.classify.load import find_cache, iter_features, load_features, score_per_image
 from featcache.classify.transforms import TRANSFORMS, PCAWhiten, Standardize
 from featcache.classify.tsne import TsneConfig, make_tsne
 from featcache.errors import UsageError
@@ -35,4 +35,5 @@ __all__ = [
     "load_features",
     "make_tsne",
     "run_experiment",
+    "score_per_image",
 ]

@@ -15,7 +15,7 @@ from featcache.classify.heads.registry import HEADS
 from featcache.classify.runs import format_results, load_runs, pct
 from featcache.classify.transforms import TRANSFORMS
 from featcache.classify.tsne import TsneConfig, make_tsne
-from featcache.errors import FeatcacheError
+from featcache.errors import run_command
 from featcache.options import FIT, QUERY, TSNE, add_arguments, options_for
 from featcache.paths import default_data_dir
 
@@ -123,13 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:
         return int(exc.code or 0)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        if args.command == "fit":
-            return _fit(args, argv)
-        if args.command == "results":
-            return _results(args)
-        return _tsne(args)
-    except FeatcacheError as exc:
-        message = " ".join(str(exc).split())
-        print(f"python -m featcache.classify {args.command}: error: {message}", file=sys.stderr)
-        return exc.exit_status
+    commands = {"fit": lambda: _fit(args, argv), "results": lambda: _results(args),
+                "tsne": lambda: _tsne(args)}
+    return run_command(f"python -m featcache.classify {args.command}", commands[args.command],
+                       resume_hint="nothing was written; re-run the same command")

@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import shlex
 import sys
 import time
@@ -25,7 +26,12 @@ from featcache.classify.plots import plot_confusion
 from featcache.classify.protocol import evaluate, select_and_refit
 from featcache.classify.runs import METRICS, find_run, write_json, write_run
 from featcache.classify.select import DEFAULT_DATASET, CacheFields, CacheQuery, resolve_cache
-from featcache.classify.splits import per_class, stratified_split, stratified_subset
+from featcache.classify.splits import (
+    given_plan,
+    per_class,
+    stratified_split,
+    stratified_subset,
+)
 from featcache.classify.stats import mean_per_class, top1_interval, top_confusions
 from featcache.classify.transforms import DEFAULT_TRANSFORM, TRANSFORMS
 from featcache.errors import UsageError
@@ -34,6 +40,8 @@ from featcache.extract.cache.hdf5 import FeatureCache
 logger = logging.getLogger(__name__)
 
 DEFAULT_REPEATS_WITH_SHOTS = 5
+SEED_MAX = 2**32 - 1  # numpy's and scikit-learn's random_state range
+NAME_MAX = 255  # bytes of one path component on Linux, macOS and Windows file systems
 META_KEYS = ("dataset", "dataset_source", "dataset_fingerprint", "fingerprint_mode",
              "dataset_limit", "backbone", "weights", "weights_sha256", "resolution", "crops",
              "pool", "dtype", "views", "split_rule", "created")
@@ -82,6 +90,14 @@ class FitConfig(CacheFields):
             raise UsageError(f"LAYER={','.join(self.layers)!r}: give distinct layer names")
         if self.dim is not None and self.transform != "pca":
             raise UsageError(f"DIM={self.dim} applies only to TRANSFORM=pca")
+        long = [p for p in Path(self.cache).parts if len(os.fsencode(p)) > NAME_MAX] \
+            if self.cache is not None else []
+        if long:
+            raise UsageError(f"CACHE=...{long[0][:40]}...: a name of {len(long[0])} characters; "
+                             f"file systems allow {NAME_MAX} bytes: give an existing .h5 file")
+        if not 0 <= self.seed <= SEED_MAX - self.n_repeats:
+            raise UsageError(f"SEED={self.seed} must be an integer from 0 to "
+                             f"{SEED_MAX - self.n_repeats} (with {self.n_repeats} repeat(s))")
         if self.train_size is not None and self.shots is not None:
             raise UsageError("give TRAIN_SIZE or SHOTS, not both")
 
@@ -139,6 +155,14 @@ def plan_rows(cache: FeatureCache, config: FitConfig, seed: int) -> tuple[list[P
     return train, test
 
 
+def given_val(cache: FeatureCache) -> list[Part]:
+    """The dataset's own ``val`` split, where the cache holds one (else none): hyperparameters
+    are chosen on it, and the refit uses train + val."""
+    if "val" not in cache.splits:
+        return []
+    return [Part("val", np.arange(len(cache.labels("val"))))]
+
+
 def _read(
     cache: FeatureCache, parts: Sequence[Part], layers: Sequence[str], clock: list[float]
 ) -> Block:
@@ -166,7 +190,7 @@ def _check_cache(cache: FeatureCache, config: FitConfig) -> None:
         width = read(cache, [Part("train", np.arange(1))], config.layers).X.shape[-1]
         _, grid = build_head(config.model, config.params, config.seed)
         fitted = samples
-        if grid:  # the transform is first fitted on the fit part of the validation split
+        if grid and not given_val(cache):  # first fitted on the fit part of a carved split
             kept, _ = stratified_split(labels, config.val_size, config.seed,
                                        what="validation split")
             fitted = len(kept) * len(cache.view_names("train"))
@@ -181,15 +205,20 @@ def _check_cache(cache: FeatureCache, config: FitConfig) -> None:
 def _one_repeat(
     read_rows: Callable[[Sequence[Part]], Block], config: FitConfig, seed: int,
     train: Sequence[Part], test: Sequence[Part], n_classes: int, engine: Engine,
+    val: Sequence[Part] = (),
 ) -> tuple[dict[str, Any], Any]:
-    """Choose, refit and test on the rows ``read_rows`` gives for ``train`` and ``test``."""
+    """Choose, refit and test on the rows ``read_rows`` gives for ``train`` and ``test``;
+    where ``val`` (a given validation split) has rows, choose on them and refit on both."""
     head, grid = build_head(config.model, config.params, seed)
     transform = TRANSFORMS[config.transform](config.dim)
-    block = read_rows(train)
+    block = read_rows([*train, *val])
     n_train = len(block.y)
+    n_val = sum(len(p.rows) for p in val)
+    plan = given_plan(n_train - n_val, n_val) if n_val else None
     try:
         model, record = select_and_refit(head, transform, grid, block, seed=seed,
-                                         val_size=config.val_size, engine=engine, copy=False)
+                                         val_size=config.val_size, engine=engine, copy=False,
+                                         plan=plan)
     except UsageError as exc:
         fix = ", ".join(SWEPT[name].option if name in SWEPT else name for name in grid)
         raise UsageError(f"{exc}; fix {fix} to skip the sweep") from None
@@ -209,9 +238,9 @@ def _gather(features: Mapping[str, Block], parts: Sequence[Part]) -> Block:
 
 
 def _repeat_task(features: Mapping[str, Block], job: tuple) -> tuple[dict[str, Any], Any]:
-    config, seed, train, test, n_classes = job
+    config, seed, train, test, n_classes, val = job
     return _one_repeat(lambda parts: _gather(features, parts), config, seed, train, test,
-                       n_classes, LocalEngine(1))
+                       n_classes, LocalEngine(1), val)
 
 
 def _repeats(
@@ -220,18 +249,19 @@ def _repeats(
     """Every repeat: in turn, each reading its rows from the cache; or, on Ray with several
     repeats, as Ray tasks sharing the cache's features, put in the object store once."""
     n_classes = len(cache.class_names)
+    val = given_val(cache)
     plans = [(seed, *plan_rows(cache, config, seed))
              for seed in range(config.seed, config.seed + config.n_repeats)]
     if engine.name == "local" or len(plans) == 1:
         def read_rows(parts: Sequence[Part]) -> Block:
             return _read(cache, parts, config.layers, clock)
 
-        return [_one_repeat(read_rows, config, seed, train, test, n_classes, engine)
+        return [_one_repeat(read_rows, config, seed, train, test, n_classes, engine, val)
                 for seed, train, test in plans]
-    splits = sorted({p.split for _, train, test in plans for p in [*train, *test]})
+    splits = sorted({p.split for _, train, test in plans for p in [*train, *test, *val]})
     features = {s: _read(cache, [Part(s, np.arange(len(cache.labels(s))))], config.layers, clock)
                 for s in splits}
-    jobs = [(config, seed, train, test, n_classes) for seed, train, test in plans]
+    jobs = [(config, seed, train, test, n_classes, val) for seed, train, test in plans]
     return engine.map_shared(_repeat_task, [features], jobs)[0]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,10 +19,20 @@ DEFAULT_LAYERS = ("pool",)
 CENTRE_VIEWS = ("full", "center", "centre")
 
 
+def add_layers_command(meta: dict, layers: Sequence[str]) -> str:
+    """The command that adds ``layers`` to the cache whose metadata is ``meta``: the command
+    that made it (every option, so the same file), with ``--layers`` replaced."""
+    words = shlex.split(str(meta.get("rebuild", "")))
+    if "--layers" not in words[:-1]:
+        source = str(meta.get("dataset_source", ""))
+        dataset = source if Path(source).is_absolute() else meta.get("dataset", "?")
+        return f"make extract DATASET={shlex.quote(str(dataset))} LAYERS={','.join(layers)}"
+    words[words.index("--layers") + 1] = ",".join(layers)
+    return shlex.join(words)
+
+
 def _extract_hint(cache: FeatureCache, layers: Sequence[str]) -> str:
-    source = str(cache.meta.get("dataset_source", ""))
-    dataset = source if Path(source).is_absolute() else cache.meta.get("dataset", "?")
-    return f"make extract DATASET={dataset} LAYERS={','.join(layers)}"
+    return add_layers_command(cache.meta, layers)
 
 
 def open_cache(
@@ -30,9 +41,17 @@ def open_cache(
     """Open ``path`` and check that ``splits`` exist and hold ``layers``."""
     cache = FeatureCache(path)
     for split in splits:
-        if split not in cache.splits:
+        have = cache.splits
+        if split not in have:
+            gone = f"is damaged: its {split!r} split is gone ({_rebuild_hint(cache)})" \
+                if split in cache.layout else f"has no {split!r} split"
             cache.close()
-            raise CacheError(f"{path} has no {split!r} split (has {cache.splits})")
+            raise CacheError(f"{path} {gone}; has {', '.join(have) or 'none'}")
+        broken = cache.missing_parts(split)
+        if broken:
+            hint = _rebuild_hint(cache)
+            cache.close()
+            raise CacheError(f"{path} is damaged: split {split!r} has no {broken[0]}; {hint}")
         missing = [layer for layer in layers if layer not in cache.layers(split)]
         if missing:
             valid, hint = cache.layers(split), _extract_hint(cache, layers)

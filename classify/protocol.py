@@ -28,7 +28,7 @@ from sklearn.pipeline import Pipeline
 from featcache.classify.engines import Engine, LocalEngine
 from featcache.classify.features import Block
 from featcache.classify.heads.registry import SWEPT
-from featcache.classify.splits import validation_plan
+from featcache.classify.splits import ValidationPlan, validation_plan
 from featcache.classify.transforms import transform_in_place
 
 logger = logging.getLogger(__name__)
@@ -202,16 +202,18 @@ def choose(
     seed: int = 0,
     val_size: float = 0.1,
     engine: Engine | None = None,
+    plan: ValidationPlan | None = None,
 ) -> Selection:
     """Score every grid point on validation rows of ``train``; keep the best mean top-1.
 
     The transform is fitted on each fold's fit rows. Ties go to the earlier grid point (the
     smaller C of a rising grid, the fewer epochs). ``engine`` runs the independent units
-    (folds, and settings of the non-path parameters); default: two local threads.
+    (folds, and settings of the non-path parameters); default: two local threads. ``plan``
+    (a dataset's own validation split, ``splits.given_plan``) replaces the carved one.
     """
     start = time.perf_counter()
     engine = engine or LocalEngine()
-    plan = validation_plan(train.y, val_size, seed)
+    plan = plan or validation_plan(train.y, val_size, seed)
     axes = {name: sorted(values) for name, values in grid.items()}
     scores: dict[tuple, list[float]] = {}
     warm: dict[tuple, dict[str, np.ndarray]] = {}
@@ -275,12 +277,12 @@ def refit(
 def select_and_refit(
     head: BaseEstimator, transform: TransformerMixin, grid: Mapping[str, Sequence[Any]],
     train: Block, *, seed: int, val_size: float, engine: Engine | None = None,
-    copy: bool = True,
+    copy: bool = True, plan: ValidationPlan | None = None,
 ) -> tuple[Pipeline, dict[str, Any]]:
     """``choose`` (where ``grid`` has something to sweep) then ``refit``: the model, and what
     the run records about both (chosen values, validation method and scores, convergence)."""
     selection = choose(head, transform, grid, train, seed=seed, val_size=val_size,
-                       engine=engine) if grid else Selection()
+                       engine=engine, plan=plan) if grid else Selection()
     start = time.perf_counter()
     model = refit(head, transform, selection.params, train, copy=copy, warm=selection.warm)
     fitted = model[-1]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -80,6 +81,10 @@ def load_runs(
         try:
             metrics = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
+            continue
+        if not isinstance(metrics, dict) or not isinstance(metrics.get("top1"), (int, float)):
+            logging.getLogger(__name__).warning("skipped run %s: its %s has no test top1",
+                                                path.parent.name, METRICS)
             continue
         metrics["run_id"] = path.parent.name
         if dataset is not None and not _is_dataset(metrics, dataset):

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from featcache.classify.features import add_layers_command
 from featcache.errors import CacheError, UsageError
 from featcache.extract.cache.hdf5 import FeatureCache, find_caches
 from featcache.options import QUERY, options_for, views_per_split
@@ -121,9 +122,9 @@ def resolve_cache(data_dir: Path, query: CacheQuery, cache: Path | None = None) 
     holding = [c for c in matching if set(query.layers) <= c.layers]
     if not holding:
         have = "; ".join(f"{','.join(sorted(c.layers))} (CACHE={c.path})" for c in matching)
+        add = " or ".join(add_layers_command(c.meta, query.layers) for c in matching)
         raise UsageError(f"no cache of {query.dataset!r} holds layer(s) "
-                         f"{','.join(query.layers)} (they hold: {have}); add them with: "
-                         f"{query.extract_command()}")
+                         f"{','.join(query.layers)} (they hold: {have}); add them with: {add}")
     if len(holding) > 1:
         raise UsageError(f"DATASET={query.dataset} matches {len(holding)} caches; choose one "
                          f"with {_tell_apart(holding)}")
@@ -183,7 +184,9 @@ def _fingerprint(path: str, data_dir: Path, meta: dict[str, Any]) -> str:
     """The dataset's fingerprint as extraction computes it today, in the cache's mode."""
     from featcache.extract.data.datasets import open_dataset
 
-    dataset = open_dataset(path, data_dir, fingerprint=meta.get("fingerprint_mode", "stat"))
+    dataset = open_dataset(path, data_dir, fingerprint=meta.get("fingerprint_mode", "stat"),
+                           test_fraction=float(meta.get("test_fraction", 0.2)),
+                           seed=int(meta.get("seed", 0)), skip_bad=bool(meta.get("skip_bad")))
     if meta.get("dataset_limit") is not None:
         dataset = dataset.limited(int(meta["dataset_limit"]), int(meta.get("seed", 0)))
     return dataset.fingerprint

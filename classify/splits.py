@@ -91,3 +91,9 @@ def validation_plan(
         )
     splitter = StratifiedKFold(k, shuffle=True, random_state=seed)
     return ValidationPlan(f"{k}-fold CV", list(splitter.split(np.zeros(len(y)), y)))
+
+
+def given_plan(n_fit: int, n_val: int) -> ValidationPlan:
+    """The dataset's own validation split: the first ``n_fit`` rows fit, the next ``n_val``
+    validate (a ``val`` split stored in the cache, appended to the training rows)."""
+    return ValidationPlan("given val", [(np.arange(n_fit), np.arange(n_fit, n_fit + n_val))])

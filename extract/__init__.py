@@ -23,11 +23,31 @@ from typing import Any
 
 
 def extract(dataset: str | Path, *, progress: bool = False, **options: Any) -> Path:
-    """Extract (or find) the cache of ``dataset`` with ``options``; returns its path."""
+    """Extract (or find) the cache of ``dataset`` with ``options``; returns its path.
+
+    Inputs are normalised as the command line's are: ``dataset`` and ``data_dir`` may be
+    ``str`` or ``Path``, ``layers`` one name or several, ``crops`` a number or text."""
+    from dataclasses import fields
+
+    from featcache.errors import UsageError
     from featcache.extract.config import ExtractConfig
     from featcache.extract.pipeline import run_extraction
 
-    return run_extraction(ExtractConfig(dataset=dataset, **options), progress=progress).path
+    valid = [f.name for f in fields(ExtractConfig) if f.name != "dataset"]
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise UsageError(f"extract() got unknown option {unknown[0]!r}; valid: {', '.join(valid)}")
+    layers = options.get("layers")
+    if isinstance(layers, str):
+        options["layers"] = (layers,)
+    elif layers is not None:
+        options["layers"] = tuple(layers)
+    if options.get("data_dir") is not None:
+        options["data_dir"] = Path(options["data_dir"]).expanduser()
+    if isinstance(options.get("crops"), int):
+        options["crops"] = str(options["crops"])
+    config = ExtractConfig(dataset=str(dataset), **options)
+    return run_extraction(config, progress=progress).path
 
 
 class _CallablePackage(types.ModuleType):

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import fields
 from pathlib import Path
 
@@ -58,11 +60,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """What is written to stdout meanwhile (Ray's worker messages, from Python or C++) goes
+    to stderr: stdout carries the cache's path alone."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def _run(args: argparse.Namespace) -> None:
     options = {
         f.name: getattr(args, f.name) for f in fields(ExtractConfig) if hasattr(args, f.name)
     }
-    result = run_extraction(ExtractConfig(**options), progress=not args.quiet)
+    with _stdout_to_stderr():
+        result = run_extraction(ExtractConfig(**options), progress=not args.quiet)
     with FeatureCache(result.path) as cache:
         shapes = ", ".join(
             f"{s}/{layer} {cache.shape(s, layer)}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from featcache.errors import CacheError
+from featcache.errors import CacheError, UsageError
 from featcache.extract.backbones.registry import (
     get_spec,
     load_backbone,
@@ -46,17 +47,38 @@ class ExtractResult:
     engine: str = "local"
 
 
-def _inspect(path: Path) -> tuple[tuple[int, int] | None, set[str], str | None]:
-    """(file identity, layers of every split, problem): a finished cache checked in full."""
+def _inspect(plan: ExtractPlan) -> tuple[tuple[int, int] | None, set[str], str | None]:
+    """(file identity, layers of every split, problem): a finished cache checked in full,
+    and checked to be the requested one (its stored key, dataset, splits), not its name."""
+    path = plan.path
     seen = _identity(path)
     if seen is None:
         return None, set(), None
     try:
         with FeatureCache(path) as cache:
+            foreign = _foreign(cache, plan)
+            if foreign:
+                return seen, set(), foreign
             cache.verify()
             return seen, set.intersection(*(set(cache.layers(s)) for s in cache.splits)), None
     except CacheError as exc:
         return seen, set(), str(exc)
+
+
+def _foreign(cache: FeatureCache, plan: ExtractPlan) -> str | None:
+    """What the file holds, where it is not the cache ``plan`` asks for; else None."""
+    meta, splits = cache.meta, plan.dataset.splits
+    held = {s: cache.n_source(s) for s in cache.splits}
+    wanted = {s: len(split) for s, split in splits.items()}
+    if (meta.get("fingerprint") == plan.key.digest()
+            and meta.get("dataset_fingerprint") == plan.key.dataset_fingerprint
+            and held == wanted):
+        return None
+    link = f" (a link to {os.path.realpath(cache.path)})" if cache.path.is_symlink() else ""
+    return (f"it is not the requested cache{link}: it holds {meta.get('dataset')!r} "
+            f"({meta.get('backbone')}, {meta.get('resolution')} px, splits {held}), "
+            f"not {plan.key.dataset!r} ({plan.key.backbone}, {plan.key.resolution} px, "
+            f"splits {wanted})")
 
 
 def _identity(path: Path) -> tuple[int, int] | None:
@@ -89,13 +111,13 @@ def run_extraction(cfg: ExtractConfig, *, progress: bool = True) -> ExtractResul
     """Extract every split, resuming an interrupted run; a cache hit loads no model."""
     start = time.perf_counter()
     plan = plan_extraction(cfg)
-    seen, present, problem = _inspect(plan.path)
+    seen, present, problem = _inspect(plan)
     if seen and not problem and set(cfg.layers) <= present:
         log.info("cache hit: %s", plan.path)
         return ExtractResult(plan.path, True, 0, time.perf_counter() - start)
     with writer_lock(plan.path), Assembler() as assembler:
         if _identity(plan.path) != seen:
-            seen, present, problem = _inspect(plan.path)
+            seen, present, problem = _inspect(plan)
         if problem:
             _move_aside(plan.path, problem)
             present = set()
@@ -105,6 +127,8 @@ def run_extraction(cfg: ExtractConfig, *, progress: bool = True) -> ExtractResul
         store = ShardStore.open(plan.parts, plan.manifest(todo, rows or cfg.shard_rows))
         plans = plan.split_plans(store.shard_rows)
         missing = missing_shards(store, plans)
+        if missing and cfg.engine == "local":
+            check_batch_memory(plan)
         total = sum(len(s) for s in plan.dataset.splits.values())
         done = total - sum(s.end - s.start for s in missing)
         with tqdm(total=total, initial=done, unit="img", disable=not progress,
@@ -118,6 +142,37 @@ def run_extraction(cfg: ExtractConfig, *, progress: bool = True) -> ExtractResul
                  {**plan.meta, "runtime": runtime}, assembler)
     return ExtractResult(plan.path, False, images, time.perf_counter() - start,
                          len(missing), about[1] if about else None, cfg.engine)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory the kernel says are available (``MemAvailable``), where it says."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def check_batch_memory(plan: ExtractPlan) -> None:
+    """Refuse, before any model loads, a given batch whose forward pass cannot fit in this
+    machine's memory: its uint8 and float32 input plus a first activation at least 4x the
+    input (every backbone's stem widens it so: 32 channels at half size, or more) is a lower
+    bound of what the pass holds. Only on the CPU, where the kernel would kill the process."""
+    batch, size = plan.cfg.batch_size, plan.preprocess.crop_size
+    if batch is None or resolve_device(plan.cfg.device).type != "cpu":
+        return
+    views = max(plan.views.values())
+    need = batch * 3 * size * size * (views + 4 + 4 * 4)
+    free = available_memory()
+    if free is not None and need > free:
+        raise UsageError(
+            f"BATCH={batch} (--batch-size) at RES={size} needs at least {need / 2**30:.1f} GiB "
+            f"for one forward pass; this machine has {free / 2**30:.1f} GiB available: lower "
+            f"BATCH (below {max(1, batch * free // need)}) or RES"
+        )
 
 
 def _run_local(plan: ExtractPlan, store: ShardStore, shards: list[ShardSpec],

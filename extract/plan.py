@@ -96,11 +96,15 @@ def _versions() -> dict[str, str]:
 
 
 def _rebuild_command(cfg: ExtractConfig) -> str:
-    """The command line that makes this cache again: every keyed option of the table, given."""
+    """The command line that makes this cache again, from any folder: every keyed option of
+    the table, with the dataset and the data directory as absolute paths."""
+    given = Path(cfg.dataset).expanduser()
+    values = {"dataset": str(given.resolve()) if given.exists() else cfg.dataset,
+              "data_dir": str(Path(cfg.data_dir).resolve())}
     args = ["python", "-m", "featcache.extract", "run"]
     for o in options_for(EXTRACT):
-        value = getattr(cfg, o.name)
-        if not o.keyed or value is None or value is False:
+        value = values.get(o.name, getattr(cfg, o.name))
+        if not (o.keyed or o.name == "data_dir") or value is None or value is False:
             continue
         if o.type is bool:
             args.append(o.flag)
@@ -113,7 +117,7 @@ def plan_extraction(cfg: ExtractConfig) -> ExtractPlan:
     """Everything that names the cache file; loads no model unless its weights must be fetched."""
     spec = get_spec(cfg.backbone)
     dataset = open_dataset(cfg.dataset, cfg.data_dir, test_fraction=cfg.test_fraction,
-                           seed=cfg.seed, fingerprint=cfg.fingerprint)
+                           seed=cfg.seed, fingerprint=cfg.fingerprint, skip_bad=cfg.skip_bad)
     try:
         dataset = dataset.limited(cfg.limit, cfg.seed)
     except ValueError as exc:

@@ -17,6 +17,7 @@ _EXPORTS = {
     "load_features": "featcache.classify.load",
     "iter_features": "featcache.classify.load",
     "find_cache": "featcache.classify.load",
+    "score_per_image": "featcache.classify.load",
     "LinearSVM": "featcache.classify.heads.linear",
     "SoftmaxRegression": "featcache.classify.heads.linear",
     "MLPHead": "featcache.classify.heads.mlp",

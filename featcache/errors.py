@@ -72,7 +72,10 @@ def run_command(prog: str, command: Callable[[], object], *, resume_hint: str = 
     FeatcacheError: its message and ``exit_status``; OSError (the environment): 1; Ctrl-C:
     130; SIGTERM: 143. Anything else is a bug and keeps its traceback.
     """
+    received: list[int] = []  # Ray re-raises a Terminated from its waits as KeyboardInterrupt
+
     def terminate(signum: int, frame: object) -> None:
+        received.append(signum)
         raise Terminated
 
     previous = None
@@ -88,9 +91,10 @@ def run_command(prog: str, command: Callable[[], object], *, resume_hint: str = 
         _say(prog, f"error: {describe_os_error(exc)}")
         return 1
     except KeyboardInterrupt as exc:
-        what = "terminated" if isinstance(exc, Terminated) else "interrupted"
-        _say(prog, f"{what}{'; ' + resume_hint if resume_hint else ''}")
-        return 143 if isinstance(exc, Terminated) else 130
+        termed = isinstance(exc, Terminated) or bool(received)
+        _say(prog, f"{'terminated' if termed else 'interrupted'}"
+                   f"{'; ' + resume_hint if resume_hint else ''}")
+        return 143 if termed else 130
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

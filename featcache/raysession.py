@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import threading
 from collections.abc import Iterator
 from types import ModuleType
 
-from featcache.errors import EnvironmentFault, UsageError
+from featcache.errors import EnvironmentFault, Terminated, UsageError
 from featcache.options import ENGINES
 
 INSTALL_HINT = "pip install 'featcache[ray]'"
@@ -40,11 +42,18 @@ def ray_session(workers: int | None = None) -> Iterator[ModuleType]:
         return
     address = os.environ.get("RAY_ADDRESS") or None
     local = {} if address else {"num_cpus": workers or os.cpu_count() or 1}
+    ours = signal.getsignal(signal.SIGTERM)
     try:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, **local)
     except ConnectionError as exc:
         raise EnvironmentFault(f"cannot reach the Ray cluster at RAY_ADDRESS={address}: {exc}"
                                ) from None
+    except SystemExit:  # SIGTERM while ray.init's own handlers were in place
+        with contextlib.suppress(Exception):
+            ray.shutdown()
+        raise Terminated from None
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, ours)  # ray.init's own exits 15, saying nothing
     try:
         yield ray
     finally:

@@ -3,6 +3,7 @@ outside the checkout, with one import name (``featcache``) and its console scrip
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -15,16 +16,30 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def build_wheel(out: Path) -> Path:
+    """The wheel, built from a copy of the sources (a build in the checkout would leave a
+    ``build/`` folder whose stale modules a later build could pack)."""
+    source = out / "source"
+    for name in ("pyproject.toml", "README.md"):
+        source.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / name, source / name)
+    for folder in ("featcache", "extract", "classify"):
+        shutil.copytree(ROOT / folder, source / folder,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
+                    "--no-build-isolation", "-w", str(out / "dist"), str(source)],
+                   check=True, cwd=out)
+    (wheel,) = (out / "dist").glob("featcache-*.whl")
+    return wheel
+
+
 @pytest.fixture(scope="module")
 def wheel_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh venv holding only the built wheel; the heavy dependencies (torch & co.) come
     from this venv's site-packages as plain paths, so this checkout's editable install is
     not seen."""
     base = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
-                    "--no-build-isolation", "-w", str(base / "dist"), str(ROOT)],
-                   check=True, cwd=base)
-    (wheel,) = (base / "dist").glob("featcache-*.whl")
+    wheel = build_wheel(base)
     venv = base / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = venv / "bin" / "python"
@@ -38,10 +53,7 @@ def wheel_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_the_wheel_holds_one_top_level_package(tmp_path: Path) -> None:
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
-                    "--no-build-isolation", "-w", str(tmp_path), str(ROOT)], check=True,
-                   cwd=tmp_path)
-    (wheel,) = tmp_path.glob("featcache-*.whl")
+    wheel = build_wheel(tmp_path)
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert tops == {"featcache"}

@@ -44,7 +44,7 @@ import h5py
 import numpy as np
 from filelock import FileLock, Timeout
 
-from featcache.errors import CacheError, environment_fault
+from featcache.errors import CacheError, EnvironmentFault, environment_fault
 from featcache.extract.cache.shards import ShardSpec, ShardStore, shard_specs
 from featcache.files import publish, slug
 from featcache.options import SHARD_ROWS
@@ -128,6 +128,12 @@ class FeatureCache:
         if not self.path.is_file():
             raise CacheError(f"no cache file at {self.path}")
         try:
+            open(self.path, "rb").close()
+        except PermissionError as exc:
+            raise EnvironmentFault(
+                f"permission denied reading {self.path} ({exc.strerror}); give this user read "
+                "access (chmod u+r) and re-run; the file was not touched") from None
+        try:
             self._file = h5py.File(self.path, "r")
         except OSError as exc:
             raise CacheError(
@@ -180,6 +186,16 @@ class FeatureCache:
 
     def view_names(self, split: str) -> list[str]:
         return list(_decode_attr(self._split(split).attrs["view_names"]))
+
+    def missing_parts(self, split: str) -> list[str]:
+        """Which of ``labels``, ``ids``, ``features`` the split's group lacks (a damaged file)."""
+        group = self._split(split)
+        return [part for part in ("labels", "ids", "features") if part not in group]
+
+    def n_source(self, split: str) -> int | None:
+        """Images the dataset's split held when the cache was written (skipped ones too)."""
+        value = self._split(split).attrs.get("n_source")
+        return None if value is None else int(value)
 
     def skipped(self, split: str) -> list[str]:
         return list(_decode_attr(self._split(split).attrs.get("skipped", "[]")))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -226,7 +227,7 @@ def _open_torchvision(cls: type, data_dir: Path, train: bool) -> object:
 
 def _class_order(names: set[str]) -> list[str]:
     """Sorted class names; numerically where every name is an integer (CSV labels 2 < 10)."""
-    if all(n.lstrip("-").isdigit() for n in names):
+    if all(re.fullmatch(r"-?[0-9]+", n) for n in names):  # not isdigit: "²" is a digit
         return sorted(names, key=int)
     return sorted(names)
 
@@ -293,9 +294,10 @@ def _where(path: Path, mode: str) -> bytes:
     return f"root={path}\n".encode() if mode == "stat" else b""
 
 
-def _folder(path: Path, test_fraction: float, seed: int, mode: str) -> ImageDataset:
+def _folder(path: Path, test_fraction: float, seed: int, mode: str,
+            skip_bad: bool = False) -> ImageDataset:
     path = path.resolve()
-    files = scan_folder(path)
+    files = scan_folder(path, skip_bad=skip_bad)
     fp = layout_fingerprint(files.ids, files.paths, mode, header=_where(path, mode))
     return _from_files(path.name, path, files, fp, mode, test_fraction, seed)
 
@@ -329,11 +331,13 @@ def open_dataset(
     test_fraction: float = 0.2,
     seed: int = 0,
     fingerprint: str = "stat",
+    skip_bad: bool = False,
 ) -> ImageDataset:
     """A registered dataset by name, an ImageFolder directory, or a ``.csv`` manifest.
 
     ``fingerprint`` (``stat`` or ``content``) applies to folders and manifests; registered
-    datasets always hash their arrays (``fingerprint_mode == "arrays"``).
+    datasets always hash their arrays (``fingerprint_mode == "arrays"``). ``skip_bad`` skips
+    a folder's links that lead nowhere or loop (else an error names them).
     """
     if fingerprint not in FINGERPRINT_MODES:
         raise UsageError(
@@ -343,7 +347,7 @@ def open_dataset(
         return DATASETS[name].build(Path(data_dir), test_fraction, seed)
     path = Path(name).expanduser()
     if path.is_dir():
-        return _folder(path, test_fraction, seed, fingerprint)
+        return _folder(path, test_fraction, seed, fingerprint, skip_bad)
     if path.suffix.lower() == ".csv" and path.is_file():
         return _manifest(path, test_fraction, seed, fingerprint)
     raise UsageError(

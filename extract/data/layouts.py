@@ -56,8 +56,21 @@ def _is_image(name: str) -> bool:
     return _visible(name) and name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def _subdirs(folder: Path) -> list[str]:
-    return sorted(e.name for e in os.scandir(folder) if e.is_dir() and _visible(e.name))
+def _subdirs(folder: Path, warn: bool = True) -> list[str]:
+    """Visible sub-folders; a linked one that leads back to ``folder`` or above it (a loop:
+    every image again under another name) is skipped, with a warning where ``warn``."""
+    here = os.path.realpath(folder)
+    out = []
+    for e in os.scandir(folder):
+        if not (e.is_dir() and _visible(e.name)):
+            continue
+        target = os.path.realpath(e.path)
+        if e.is_symlink() and (here + os.sep).startswith(target.rstrip(os.sep) + os.sep):
+            if warn:
+                log.warning("skipped %s: a link to %s, which holds it (a loop)", e.path, target)
+            continue
+        out.append(e.name)
+    return sorted(out)
 
 
 def _loose_images(folder: Path) -> list[str]:
@@ -79,7 +92,7 @@ def _walk_images(root: str, folder: str) -> list[str]:
 def _class_folders(folder: Path, root: Path) -> dict[str, list[str]]:
     """``{class: image ids}`` under ``folder``; loose images beside class folders are an
     error."""
-    classes = _subdirs(folder)
+    classes = _subdirs(folder, warn=folder != root)  # the root's were warned of once
     loose = _loose_images(folder)
     if loose:
         where = folder.relative_to(root).as_posix() if folder != root else str(root)
@@ -92,8 +105,9 @@ def _class_folders(folder: Path, root: Path) -> dict[str, list[str]]:
             for c in classes}
 
 
-def scan_folder(root: Path) -> FileList:
-    """The images of an ImageFolder directory, with split folders taken as splits."""
+def scan_folder(root: Path, *, skip_bad: bool = False) -> FileList:
+    """The images of an ImageFolder directory, with split folders taken as splits; links
+    that lead nowhere or loop are an error naming them, or with ``skip_bad`` skipped."""
     top = _subdirs(root)
     split_dirs = [d for d in top if d in SPLIT_NAMES]
     others = [d for d in top if d not in SPLIT_NAMES]
@@ -124,17 +138,37 @@ def scan_folder(root: Path) -> FileList:
             f"no images ({', '.join(IMAGE_EXTENSIONS)}) in class folder(s) {', '.join(empty)} "
             f"under {root}; add images or remove the folder(s)"
         )
+    groups = _without_broken_links(root, groups, skip_bad)
     ids = [i for cls in groups.values() for files in cls.values() for i in files]
     labels = [c for cls in groups.values() for c, files in cls.items() for _ in files]
     splits = [s for s, cls in groups.items() for files in cls.values() for _ in files]
     layout = f"{'/, '.join(split_dirs)}/ folders" if split_dirs else "class folders"
+    paths = [os.path.join(root, i) for i in ids]
+    check_distinct(root, ids, paths)
     return FileList(
         ids,
-        [os.path.join(root, i) for i in ids],
+        paths,
         labels,
         splits if split_dirs else None,
         layout,
     )
+
+
+def _without_broken_links(root: Path, groups: dict, skip_bad: bool) -> dict:
+    """``groups`` less the image names that are links leading nowhere or looping."""
+    paths = {i: os.path.join(root, i) for cls in groups.values() for f in cls.values() for i in f}
+    broken = {i for i, p in paths.items() if os.path.islink(p) and not os.path.exists(p)}
+    if not broken:
+        return groups
+    if not skip_bad:
+        raise UsageError(
+            f"{len(broken)} link(s) under {root} lead nowhere or loop (first: "
+            f"{sorted(broken)[0]}); remove them, or pass SKIP_BAD=1 (--skip-bad) to skip them"
+        )
+    log.warning("skipping %d link(s) that lead nowhere or loop: %s", len(broken),
+                ", ".join(sorted(broken)[:5]))
+    return {s: {c: [i for i in files if i not in broken] for c, files in cls.items()}
+            for s, cls in groups.items()}
 
 
 def read_manifest(manifest: Path) -> FileList:
@@ -178,6 +212,7 @@ def read_manifest(manifest: Path) -> FileList:
             f"{len(missing)} file(s) listed in {manifest} do not exist (relative to "
             f"{manifest.parent}): {', '.join(missing[:5])}"
         )
+    check_distinct(manifest, ids, paths)
     given = splits if width == 3 else None
     if given is not None and "train" not in given:
         raise UsageError(f"{manifest} assigns no row to the train split")
@@ -189,6 +224,42 @@ def _check_unique(manifest: Path, ids: Sequence[str]) -> None:
     twice = [i for i in ids if i in seen or seen.add(i)]
     if twice:
         raise UsageError(f"{manifest} lists {len(twice)} path(s) twice: {', '.join(twice[:5])}")
+
+
+def check_distinct(where: Path, ids: Sequence[str], paths: Sequence[str]) -> None:
+    """Refuse one file under two names (links, ``//``, ``./``, ``..``): resolved paths must
+    differ, or one image could sit in train under one name and in test under another. Names
+    that are not UTF-8 (which the cache's ids cannot store) are refused too. Holds one
+    resolved path per file (and per folder)."""
+    undecodable = [i for i in ids if not i.isprintable() and _not_utf8(i)]
+    if undecodable:
+        raise UsageError(
+            f"{where} holds {len(undecodable)} file name(s) that are not valid UTF-8 (first: "
+            f"{os.fsencode(undecodable[0])!r}); rename them (e.g. convmv -f latin1 -t utf8)"
+        )
+    first: dict[str, str] = {}
+    folders: dict[str, str] = {}
+    twice = []
+    for i, p in zip(ids, paths, strict=True):
+        folder, name = os.path.split(p)
+        if folder not in folders:  # one realpath a folder, not a file (7x faster)
+            folders[folder] = os.path.realpath(folder)
+        real = os.path.realpath(p) if os.path.islink(p) else os.path.join(folders[folder], name)
+        if first.setdefault(real, i) != i:
+            twice.append(f"{first[real]!r} and {i!r}")
+    if twice:
+        raise UsageError(
+            f"{where} holds {len(twice)} file(s) twice under two names ({'; '.join(twice[:3])}"
+            f"{', ...' if len(twice) > 3 else ''}); remove one of each pair (or the link)"
+        )
+
+
+def _not_utf8(name: str) -> bool:
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def fingerprint(

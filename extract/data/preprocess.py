@@ -41,6 +41,7 @@ from featcache.extract.data.images import Source, decode
 
 PREPROCESS_VERSION = 1
 RESIZE_MODES = ("shorter_side", "squash")
+MAX_RESIZED_PIXELS = 2**26  # 192 MiB of RGB after the resize; a longer image is refused
 VIEW_NAMES = {
     1: ("centre",),
     5: ("top_left", "top_right", "bottom_left", "bottom_right", "centre"),
@@ -131,17 +132,26 @@ class Preprocess:
         return img.resize((self.crop_size, self.crop_size), resample, box=box)
 
     def resized_size(self, w: int, h: int) -> tuple[int, int]:
-        """(width, height) after the resize: torchvision's rule (a test checks it)."""
+        """(width, height) after the resize: torchvision's rule (a test checks it).
+
+        ``ValueError`` where that would exceed ``MAX_RESIZED_PIXELS`` (a 100,000 x 1 image at
+        224 px: 15 GiB), before anything is allocated."""
         if self.resize_mode == "squash":
             return self.resize_size, self.resize_size
         short, long = sorted((w, h))
         long = int(self.resize_size * long / short)
+        if long * self.resize_size > MAX_RESIZED_PIXELS:
+            raise ValueError(
+                f"a {w} x {h} image resizes to {long:,} x {self.resize_size} before its crop "
+                f"({3 * long * self.resize_size / 2**30:.1f} GiB): crop it to a less extreme "
+                "shape or remove it")
         return (self.resize_size, long) if w <= h else (long, self.resize_size)
 
     def _decode(self, source: Source) -> Image.Image:
         return decode(source, self.resize_size if self.jpeg_draft else None)
 
     def _resize(self, img: Image.Image) -> Image.Image:
+        self.resized_size(*img.size)
         size = [self.resize_size] * (2 if self.resize_mode == "squash" else 1)
         return TF.resize(img, size, InterpolationMode(self.interpolation), antialias=True)
 
